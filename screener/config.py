@@ -1,0 +1,267 @@
+"""One frozen dataclass tree loaded from TOML.
+
+Every field declares its own check; the loader walks the tree, so an unknown key, a wrong type or a bad value
+always becomes one ConfigError naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user: `file: dotted.key must be ..., got X`."""
+
+
+Check = tuple[Callable[[Any], bool], str]  # (predicate, what the value must be)
+
+
+def _opt(default: Any, check: Check | None = None, **kw: Any) -> Any:
+    return field(default=default, metadata={"check": check, **kw})
+
+
+def _opt_list(default: list[str], check: Check | None = None) -> Any:
+    return field(default_factory=lambda: tuple(default), metadata={"check": check})
+
+
+def _range(lo: int, hi: int, what: str = "an integer") -> Check:
+    return (lambda v: lo <= v <= hi, f"{what} {lo}-{hi}")
+
+
+_port = _range(1, 65535)
+
+
+def _one_of(*choices: Any) -> Check:
+    return (lambda v: v in choices, "one of " + ", ".join(json.dumps(c) for c in choices))
+
+
+def _is_zone(v: str) -> bool:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _is_address(v: str) -> bool:
+    if v == "auto":
+        return True
+    try:
+        return not ipaddress.ip_address(v).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_networks(v: tuple[str, ...]) -> bool:
+    try:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_presets(v: tuple[str, ...]) -> bool:
+    from screener.presets import PRESETS
+
+    return all(p in PRESETS for p in v)
+
+
+_zone = (_is_zone, 'an IANA time zone such as "Europe/Rome"')
+_region = (lambda v: v in phonenumbers.SUPPORTED_REGIONS, 'a region code known to phonenumbers, such as "IT"')
+_address = (_is_address, 'a real address of this host (not 0.0.0.0), or "auto"')
+_networks = (_is_networks, "a list of addresses or CIDR ranges")
+_hostport = (lambda v: v == "" or bool(re.fullmatch(r"[\w.\-]+(:\d{1,5})?", v)), "empty, host or host:port")
+_digit = (lambda v: bool(re.fullmatch(r"[0-9*#]", v)), "one of the keys 0-9, * or #")
+_presets = (_is_presets, 'a list of preset names ("it", "fr")')
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    server: str = _opt("", help="registrar host name or address")
+    port: int = _opt(5060, _port)
+    domain: str = _opt("", help="SIP domain of the account; empty = server")
+    username: str = _opt("")
+    password: str = _opt("", secret=True)
+    password_file: str = _opt("")
+    auth_username: str = _opt("", help="digest user name when it differs from username")
+    outbound_proxy: str = _opt("", _hostport)
+    local_address: str = _opt("auto", _address)
+    sip_port: int = _opt(5062, _port)
+    rtp_port_low: int = _opt(10000, _port)
+    rtp_port_high: int = _opt(10199, _port)
+    register_expires: int = _opt(300, _range(30, 86400))
+    keepalive_interval: int = _opt(25, _range(0, 3600))
+    trusted_sources: tuple[str, ...] = _opt_list([], _networks)
+
+    @property
+    def auth_user(self) -> str:
+        return self.auth_username or self.username
+
+    @property
+    def sip_domain(self) -> str:
+        return self.domain or self.server
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    challenge: str = _opt("")
+    passed: str = _opt("")
+    failed: str = _opt("")
+    blocked: str = _opt("")
+    voicemail: str = _opt("")
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    region: str = _opt("IT", _region)
+    timezone: str = _opt("Europe/Rome", _zone)
+    default_action: str = _opt("screen", _one_of("screen", "allow", "block"))
+    block_action: str = _opt("decline", _one_of("decline", "hangup"))
+    decline_code: int = _opt(603, _one_of(603, 607))
+    screen_delay: float = _opt(0.0, _range(0, 60, "a number"))
+    challenge_digit: str = _opt("5", _digit)
+    challenge_timeout: float = _opt(8.0, _range(1, 60, "a number"))
+    challenge_repeats: int = _opt(1, _range(0, 5))
+    max_screened_calls: int = _opt(4, _range(1, 64))
+    remember_verified: bool = _opt(True)
+    voicemail: bool = _opt(True)
+    voicemail_max_seconds: int = _opt(120, _range(5, 600))
+    language: str = _opt("en", _one_of("en", "it"))
+    trust_phonebook_names: bool = _opt(False)
+    spam_name_prefixes: tuple[str, ...] = _opt_list(["SPAM"])
+    presets: tuple[str, ...] = _opt_list([], _presets)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = _opt("sqlite:///screener.db")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = _opt("127.0.0.1")
+    port: int = _opt(8080, _port)
+    secret: str = _opt("", secret=True)
+    secret_file: str = _opt("")
+
+
+@dataclass(frozen=True)
+class Config:
+    sip: SipConfig = field(default_factory=SipConfig)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    data_dir: str = _opt("data", help="voicemail, converted prompts and generated secrets live here")
+    path: str = field(default="", compare=False, metadata={"internal": True})
+
+    def resolve(self, p: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        base = Path(self.path).parent if self.path else Path.cwd()
+        return (base / p) if p else base
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               tuple[str, ...]: "a list of strings"}
+
+
+def _show(v: Any) -> str:
+    return json.dumps(v, default=str)
+
+
+def _type_ok(tp: Any, v: Any) -> bool:
+    if tp is tuple[str, ...]:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, tp) and not (tp is int and isinstance(v, bool))
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, fname: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{fname}: {prefix}{key} is not a known setting")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f, tp, where = known[name], hints[name], prefix + name
+        if is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{fname}: {where} must be a table, got {_show(value)}")
+            kwargs[name] = _build(tp, value, where + ".", fname)
+            continue
+        check: Check | None = f.metadata.get("check")
+        must = check[1] if check else _TYPE_WORDS[tp]
+        if not _type_ok(tp, value) or (check and not check[0](value)):
+            raise ConfigError(f"{fname}: {where} must be {must}, got {_show(value)}")
+        kwargs[name] = tuple(value) if tp is tuple[str, ...] else (float(value) if tp is float else value)
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, fname: str) -> None:
+    sip = cfg.sip
+    if sip.rtp_port_low > sip.rtp_port_high:
+        raise ConfigError(f"{fname}: sip.rtp_port_high must be >= sip.rtp_port_low, got {sip.rtp_port_high}")
+    if sip.rtp_port_low <= sip.sip_port <= sip.rtp_port_high:
+        raise ConfigError(f"{fname}: sip.sip_port must lie outside the RTP port range, got {sip.sip_port}")
+    if sip.password and sip.password_file:
+        raise ConfigError(f"{fname}: sip.password_file must be empty when sip.password is set")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and check a config file; raise ConfigError naming the file and key."""
+    p = Path(path)
+    fname = str(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{fname}: no such file (run `screener init` to create it)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{fname}: not valid TOML: {e}") from None
+    cfg = _build(Config, raw, "", fname)
+    _cross_checks(cfg, fname)
+    cfg = replace(cfg, path=str(p.resolve()))
+    if cfg.sip.password_file:
+        pw_path = cfg.resolve(cfg.sip.password_file)
+        try:
+            pw = pw_path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{fname}: sip.password_file cannot be read: {e.strerror} ({pw_path})") from None
+        cfg = replace(cfg, sip=replace(cfg.sip, password=pw))
+    return cfg
+
+
+def default_path() -> Path:
+    """$SCREENER_CONFIG, else ./config.toml."""
+    return Path(os.environ.get("SCREENER_CONFIG", "config.toml"))
+
+
+def masked(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """The effective settings as (dotted key, value) pairs with secrets masked, for display."""
+    out: list[tuple[str, Any]] = []
+    for f in fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            out += masked(v, prefix + f.name + ".")
+        elif f.metadata.get("secret") and v:
+            out.append((prefix + f.name, "********"))
+        else:
+            out.append((prefix + f.name, list(v) if isinstance(v, tuple) else v))
+    return out
+
+
