@@ -172,6 +172,19 @@ class Config:
         base = Path(self.path).parent if self.path else Path.cwd()
         return (base / p) if p else base
 
+    @property
+    def database_url(self) -> str:
+        """The database URL, a relative SQLite path taken from the config file's folder."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.resolve(url[len(prefix):]))
+        return url
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
                tuple[str, ...]: "a list of strings"}
@@ -182,7 +195,7 @@ def _show(v: Any) -> str:
 
 
 def _type_ok(tp: Any, v: Any) -> bool:
-    if tp is tuple[str, ...]:
+    if tp == tuple[str, ...]:
         return isinstance(v, list) and all(isinstance(x, str) for x in v)
     if tp is float:
         return isinstance(v, int | float) and not isinstance(v, bool)
@@ -207,7 +220,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, fname: str) -> Any:
         must = check[1] if check else _TYPE_WORDS[tp]
         if not _type_ok(tp, value) or (check and not check[0](value)):
             raise ConfigError(f"{fname}: {where} must be {must}, got {_show(value)}")
-        kwargs[name] = tuple(value) if tp is tuple[str, ...] else (float(value) if tp is float else value)
+        kwargs[name] = tuple(value) if tp == tuple[str, ...] else (float(value) if tp is float else value)
     return cls(**kwargs)
 
 

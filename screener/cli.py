@@ -1,0 +1,357 @@
+"""The `screener` command: the only place that prints for humans and calls sys.exit.
+
+Exit status: 0 done, 1 done in part or failed at run time (e.g. bad CSV rows), 2 bad usage or bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from screener import config as config_mod
+from screener.config import Config, ConfigError
+
+
+class CliError(Exception):
+    """A user-facing failure with its exit status."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="screener", description="Self-hosted call screener for a home VoIP line.")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $SCREENER_CONFIG or ./config.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="create config.toml from the example if missing, and the database")
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply database migrations")
+
+    lk = sub.add_parser("lookup", help="what screener would do if NUMBER called now (or --at then)")
+    lk.add_argument("number")
+    lk.add_argument("--at", metavar="ISO-8601", help="the moment to judge, e.g. 2026-03-29T02:30 (local time)")
+    lk.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("list", help="manage the allow, block and screen lists").add_subparsers(
+        dest="list_command", required=True)
+    add = ls.add_parser("add", help="put a number, prefix (digits then *) or class on a list")
+    add.add_argument("list", choices=("allow", "block", "screen"))
+    add.add_argument("pattern")
+    add.add_argument("--label", default="")
+    add.add_argument("--days", help="e.g. mon-fri, sat,sun")
+    add.add_argument("--from", dest="time_from", metavar="HH:MM")
+    add.add_argument("--to", dest="time_to", metavar="HH:MM")
+    rm = ls.add_parser("remove", help="remove a pattern from its list")
+    rm.add_argument("pattern")
+    show = ls.add_parser("show", help="print the lists")
+    show.add_argument("--json", action="store_true")
+    imp = ls.add_parser("import", help="import a CSV file into a list")
+    imp.add_argument("list", choices=("allow", "block", "screen"))
+    imp.add_argument("file")
+    exp = ls.add_parser("export", help="export every list to a CSV file ('-' for standard output)")
+    exp.add_argument("file")
+    pre = ls.add_parser("preset", help="apply a preset of rules")
+    pre.add_argument("name")
+
+    calls = sub.add_parser("calls", help="the call log, newest first")
+    calls.add_argument("--limit", type=int, default=50)
+    calls.add_argument("--json", action="store_true")
+
+    user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="user_command", required=True)
+    ua = user.add_parser("add", help="add a user or set a user's password")
+    ua.add_argument("name")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    sub.add_parser("status", help="the SIP registration state")
+    sub.add_parser("run", help="run the SIP service and the dashboard")
+    sub.add_parser("web", help="run the dashboard alone")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = Path(args.config) if args.config else config_mod.default_path()
+    return config_mod.load(path)
+
+
+def _store(cfg: Config) -> Any:
+    from screener import store
+
+    st = store.Store(cfg.database_url)
+    store.upgrade(st)
+    return st
+
+
+def _parse_at(text: str | None, tz: ZoneInfo) -> datetime:
+    if not text:
+        return datetime.now(tz)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--at must be an ISO-8601 date and time, got {text!r}") from None
+    return at if at.tzinfo else at.replace(tzinfo=tz)
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.config) if args.config else config_mod.default_path()
+    if not path.exists():
+        if not EXAMPLE_CONFIG.exists():
+            raise CliError(f"{EXAMPLE_CONFIG}: the example config is missing", 1)
+        shutil.copyfile(EXAMPLE_CONFIG, path)
+        print(f"created {path} from the example: edit [sip] before `screener run`")
+    cfg = config_mod.load(path)
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    st = _store(cfg)
+    for name in cfg.screening.presets:
+        _apply_preset(st, name)
+    print(f"database ready: {_safe_url(cfg.database_url)}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _store(cfg)
+    print(f"database at the latest schema: {_safe_url(cfg.database_url)}")
+    return 0
+
+
+def lookup(cfg: Config, st: Any, number: str, at: datetime) -> dict[str, Any]:
+    """The decision for `number` at `at`, through the same code the service uses, as a JSON-able dict."""
+    from screener import store
+    from screener.numbers import parse_caller
+    from screener.rules import decide
+
+    sc = cfg.screening
+    caller = parse_caller(number, sc.region)
+    with st.read() as s:
+        rules = store.ruleset_for(s, caller, region=sc.region, tz=ZoneInfo(sc.timezone), default=sc.default_action)
+    d = decide(caller, rules, at)
+    return {"input": number, "e164": caller.e164, "withheld": caller.withheld, "internal": caller.internal,
+            "valid": caller.valid, "type": caller.type, "country": caller.country,
+            "country_source": caller.country_source, "at": at.isoformat(), "decision": d.action,
+            "rule": d.rule.pattern if d.rule else None, "rule_label": d.rule.label if d.rule else None,
+            "reason": d.reason}
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    at = _parse_at(args.at, ZoneInfo(cfg.screening.timezone))
+    res = lookup(cfg, _store(cfg), args.number, at)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False))
+    else:
+        print(f"{res['input']}: {res['decision'].upper()} — {res['reason']}")
+        print(f"  number {res['e164'] or '-'}  type {res['type']}  country {res['country'] or '-'}"
+              f"  valid {'yes' if res['valid'] else 'no'}{'  withheld' if res['withheld'] else ''}")
+    return 0
+
+
+def _apply_preset(st: Any, name: str) -> int:
+    from screener import store
+    from screener.presets import PRESETS
+
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise CliError(f"no preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    with st.write() as s:
+        for e in preset.entries:
+            store.put_entry(s, e.list, e.pattern, label=e.label, source=f"preset:{name}")
+    return len(preset.entries)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from screener import csvio, store
+    from screener.rules import make_window, normalize_pattern
+
+    cfg = _load(args)
+    st = _store(cfg)
+    region = cfg.screening.region
+    sub = args.list_command
+    if sub == "add":
+        try:
+            pattern = normalize_pattern(args.pattern, region)
+            window = make_window(args.days, args.time_from, args.time_to)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        with st.write() as s:
+            store.put_entry(s, args.list, pattern, label=args.label, window=window)
+        print(f"{pattern} is on the {args.list} list" + (f" ({window})" if window else ""))
+        return 0
+    if sub == "remove":
+        try:
+            pattern = normalize_pattern(args.pattern, region)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        with st.write() as s:
+            if not store.remove_entry(s, pattern):
+                raise CliError(f"{pattern} is on no list", 1)
+        print(f"{pattern} removed")
+        return 0
+    if sub == "show":
+        with st.read() as s:
+            entries = list(s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern)))
+        if args.json:
+            keys = csvio.EXPORT_COLUMNS
+            print(json.dumps([dict(zip(keys, csvio.entry_row(e), strict=True)) for e in entries], ensure_ascii=False))
+        else:
+            for e in entries:
+                w = e.window
+                print(f"{e.list:6} {e.pattern:20} {e.label}" + (f"  [{w}]" if w else "")
+                      + f"  ({e.source}, {e.hit_count} hits)")
+        return 0
+    if sub == "import":
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as e:
+            raise CliError(f"{args.file}: {e.strerror}", 1) from None
+        report = csvio.parse_csv(data, region)
+        with st.write() as s:
+            n = store.bulk_put(s, args.list, report.rows, source="import")
+        for line, reason in report.errors:
+            print(f"{args.file}:{line}: {reason}", file=sys.stderr)
+        print(f"imported {n} entries into the {args.list} list"
+              + (f"; {len(report.errors)} bad rows skipped" if report.errors else ""))
+        return 1 if report.errors else 0
+    if sub == "export":
+        with st.read() as s:
+            entries = s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern))
+            text = csvio.export_csv(csvio.entry_row(e) for e in entries)
+        if args.file == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.file).write_text(text, encoding="utf-8", newline="")
+        return 0
+    if sub == "preset":
+        n = _apply_preset(st, args.name)
+        print(f"preset {args.name}: {n} entries applied")
+        return 0
+    raise AssertionError(sub)
+
+
+def call_dict(c: Any, tz: ZoneInfo) -> dict[str, Any]:
+    """A call row as the JSON the CLI prints."""
+    return {"id": c.id, "started_at": c.started_at.astimezone(tz).isoformat(),
+            "ended_at": c.ended_at.astimezone(tz).isoformat() if c.ended_at else None,
+            "call_id": c.call_id, "caller_raw": c.caller_raw, "e164": c.e164, "name": c.name,
+            "withheld": c.withheld, "type": c.number_type, "called_line": c.called_line,
+            "decision": c.decision, "outcome": c.outcome, "rule": c.rule, "reason": c.reason,
+            "digits": c.digits, "duration_s": c.duration_s, "voicemail": c.voicemail_path}
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from screener import store
+
+    cfg = _load(args)
+    tz = ZoneInfo(cfg.screening.timezone)
+    with _store(cfg).read() as s:
+        rows = [call_dict(c, tz) for c in store.recent_calls(s, max(1, args.limit))]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    for r in rows:
+        who = r["e164"] or ("withheld" if r["withheld"] else r["caller_raw"] or "?")
+        dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        print(f"{r['started_at'][:19]}  {who:16} {r['name'][:20]:20} {r['decision']:6} "
+              f"{r['outcome'] or 'in progress':18} {dur:>5}  {r['reason']}")
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+    from werkzeug.security import generate_password_hash
+
+    from screener import store
+
+    cfg = _load(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            raise CliError("the passwords differ", 1)
+    if len(password) < 8:
+        raise CliError("the password must have at least 8 characters", 1)
+    with _store(cfg).write() as s:
+        u = s.scalar(select(store.User).where(store.User.login == args.name))
+        if u is None:
+            u = store.User(login=args.name, password_hash="")
+            s.add(u)
+        u.password_hash = generate_password_hash(password, method="scrypt")
+    print(f"user {args.name} saved")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from screener import store
+
+    cfg = _load(args)
+    tz = ZoneInfo(cfg.screening.timezone)
+    with _store(cfg).read() as s:
+        st = store.get_sip_status(s)
+        if st is None:
+            print("stopped: the SIP service has not run yet")
+            return 1
+        line = f"{st.state} since {st.since.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+        if st.last_error:
+            line += f" — last error: {st.last_error}"
+        print(line)
+        return 0 if st.state == "registered" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from screener.service import run_service
+
+    cfg = _load(args)
+    _store(cfg).dispose()
+    return run_service(cfg, with_web=True)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import web
+
+    cfg = _load(args)
+    _store(cfg).dispose()
+    web.serve(cfg)
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_list, "calls": cmd_calls,
+            "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CliError) as e:
+        print(f"screener: {e}", file=sys.stderr)
+        return e.status if isinstance(e, CliError) else 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

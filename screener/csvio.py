@@ -1,0 +1,129 @@
+"""List import and export as CSV, the way people have their lists: any delimiter, with or without a header,
+UTF-8 (with or without BOM) or Latin-1. Parsing is pure; a bad row is reported with its line and never stops
+the good ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from screener.rules import Window, format_days, normalize_pattern
+
+NUMBER_COLUMNS = ("number", "phone", "pattern", "numero", "telefono", "phone number", "phonenumber",
+                  "numero di telefono", "tel", "nummer", "rufnummer", "numéro", "caller", "callerid")
+LABEL_COLUMNS = ("label", "description", "name", "descrizione", "nome", "etichetta", "comment", "note",
+                 "beschreibung", "name/description")
+EXPORT_COLUMNS = ("list", "pattern", "label", "days", "from", "to", "source", "hits", "last_hit")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ListEntryLike(Protocol):
+    list: str
+    pattern: str
+    label: str
+    source: str
+    time_from: str | None
+    time_to: str | None
+    hit_count: int
+    last_hit_at: datetime | None
+
+    @property
+    def window(self) -> Window | None: ...
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    rows: list[tuple[str, str]]  # (canonical pattern, label), duplicates folded (the last one wins)
+    errors: list[tuple[int, str]]  # (line number in the file, reason)
+
+
+def decode(data: bytes) -> str:
+    """Text of an uploaded file: UTF-8 (BOM stripped), else Latin-1, which spreadsheets on Windows write."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def _header_columns(row: list[str]) -> tuple[int, int | None] | None:
+    names = [c.strip().strip("'\"").lower() for c in row]
+    num = next((i for i, n in enumerate(names) if n in NUMBER_COLUMNS), None)
+    if num is None:
+        return None
+    label = next((i for i, n in enumerate(names) if n in LABEL_COLUMNS and i != num), None)
+    return num, label
+
+
+def parse_csv(text: str | bytes, region: str) -> ImportReport:
+    """Rows of a list file -> canonical (pattern, label) pairs and (line, reason) for each bad row."""
+    if isinstance(text, bytes):
+        text = decode(text)
+    text = text.removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text[:4096]))
+    found: dict[str, str] = {}
+    errors: list[tuple[int, str]] = []
+    num_col, label_col = 0, 1
+    first = True
+    try:
+        for row in reader:
+            line = reader.line_num
+            cells = [c.strip() for c in row]
+            if not any(cells) or cells[0].startswith("#"):
+                continue
+            if first:
+                first = False
+                header = _header_columns(cells)
+                if header is not None:
+                    num_col, label_col = header  # type: ignore[assignment]
+                    continue
+            if num_col >= len(cells) or not cells[num_col]:
+                errors.append((line, "no number in this row"))
+                continue
+            raw = cells[num_col].removeprefix("'")  # our own export neutralises cells with a leading '
+            label = cells[label_col].removeprefix("'") if label_col is not None and label_col < len(cells) else ""
+            try:
+                pattern = normalize_pattern(raw, region)
+            except ValueError as e:
+                errors.append((line, str(e)))
+                continue
+            found.pop(pattern, None)
+            found[pattern] = label[:200]
+    except csv.Error as e:
+        errors.append((reader.line_num, f"unreadable CSV: {e}"))
+    return ImportReport(list(found.items()), errors)
+
+
+def neutralise(cell: object) -> str:
+    """A cell that a spreadsheet would run as a formula gets a leading apostrophe."""
+    text = "" if cell is None else str(cell)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def export_csv(rows: Iterable[Iterable[object]]) -> str:
+    """CSV text with a header of EXPORT_COLUMNS; every cell neutralised against formula injection."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        w.writerow([neutralise(c) for c in row])
+    return out.getvalue()
+
+
+def entry_row(entry: ListEntryLike) -> tuple[object, ...]:
+    """A list entry as one export row, in EXPORT_COLUMNS order."""
+    w = entry.window
+    last = entry.last_hit_at.isoformat() if entry.last_hit_at else ""
+    return (entry.list, entry.pattern, entry.label, format_days(w.days) if w else "",
+            entry.time_from or "", entry.time_to or "", entry.source, entry.hit_count, last)

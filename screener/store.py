@@ -1,0 +1,328 @@
+"""The database: typed SQLAlchemy 2 models, one session factory, and the small query helpers the service,
+the CLI and the dashboard share. Timestamps are stored in UTC and come back timezone-aware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from screener.numbers import Caller
+from screener.rules import Rule, RuleSet, Window, candidate_patterns, window_from_mask
+
+OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challenge", "caller_hung_up",
+            "over_capacity", "interrupted")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Naive UTC in the database (SQLite has no zones), aware UTC in Python."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class ListEntry(Base):
+    """A pattern on the allow, block or screen list; a pattern lives on one list at a time."""
+
+    __tablename__ = "list_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list: Mapped[str] = mapped_column(String(8))
+    pattern: Mapped[str] = mapped_column(String(40), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    source: Mapped[str] = mapped_column(String(40), default="user")
+    days: Mapped[int | None] = mapped_column(Integer)  # bitmask, bit 0 = Monday; None = always
+    time_from: Mapped[str | None] = mapped_column(String(5))
+    time_to: Mapped[str | None] = mapped_column(String(5))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hit_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_hit_at: Mapped[datetime | None]
+
+    @property
+    def window(self) -> Window | None:
+        return window_from_mask(self.days, self.time_from, self.time_to)
+
+    def to_rule(self) -> Rule:
+        return Rule(self.list, self.pattern, self.label, self.window, self.id, self.source)  # type: ignore[arg-type]
+
+
+class Call(Base):
+    """One incoming call: written when the INVITE arrives, completed when the call ends."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_started", "started_at", "id"),
+        Index("ix_calls_e164_started", "e164", "started_at"),
+        Index("ix_calls_outcome_started", "outcome", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    call_id: Mapped[str] = mapped_column(String(255), default="")
+    source: Mapped[str] = mapped_column(String(64), default="")  # signalling address the INVITE came from
+    from_raw: Mapped[str] = mapped_column(Text, default="")
+    pai_raw: Mapped[str | None] = mapped_column(Text)
+    called_line: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(128), default="")
+    caller_raw: Mapped[str] = mapped_column(String(128), default="")
+    e164: Mapped[str | None] = mapped_column(String(20))
+    number_type: Mapped[str] = mapped_column(String(24), default="unknown")
+    country: Mapped[str | None] = mapped_column(String(3))
+    withheld: Mapped[bool] = mapped_column(Boolean, default=False)
+    decision: Mapped[str] = mapped_column(String(8))
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("list_entries.id", ondelete="SET NULL"))
+    rule: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    outcome: Mapped[str | None] = mapped_column(String(24))  # None while the call is in progress
+    digits: Mapped[str] = mapped_column(String(32), default="")
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    voicemail_path: Mapped[str | None] = mapped_column(String(500))
+    voicemail_heard: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    login: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SipStatus(Base):
+    """The registration state, one row, written by the service and read by `status` and the dashboard."""
+
+    __tablename__ = "sip_status"
+
+    id: Mapped[int] = mapped_column(primary_key=True, default=1)
+    state: Mapped[str] = mapped_column(String(16), default="stopped")
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NumberNote(Base):
+    __tablename__ = "number_notes"
+
+    e164: Mapped[str] = mapped_column(String(20), primary_key=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's BEGIN below own transactions instead of the driver's implicit ones.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A writer that starts deferred and reads first can fail with "database is locked" at once, without
+        # waiting busy_timeout, when another writer commits in between; BEGIN IMMEDIATE takes the write lock
+        # up front so writers queue instead. Readers stay deferred and never block in WAL mode.
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Store:
+    """The engine and its session factories: `read()` for lookups, `write()` for units of work that write."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            db_path = url.split("///", 1)[-1]
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading (commits nothing it did not write)."""
+        with self._read() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session for one unit of work that writes: committed on success, rolled back on error."""
+        with self._write() as s, s.begin():
+            yield s
+
+    def session_factory(self, *, writing: bool) -> sessionmaker[Session]:
+        return self._write if writing else self._read
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+# --- rules ----------------------------------------------------------------------------------------------
+
+
+def ruleset_for(session: Session, caller: Caller, *, region: str, tz: Any, default: str) -> RuleSet:
+    """The rules that could match `caller`: one indexed IN query over its number, its prefixes and the classes."""
+    entries = session.scalars(select(ListEntry).where(ListEntry.pattern.in_(candidate_patterns(caller))))
+    return RuleSet(tuple(e.to_rule() for e in entries), region, tz, default)  # type: ignore[arg-type]
+
+
+def put_entry(session: Session, list_: str, pattern: str, *, label: str = "", source: str = "user",
+              window: Window | None = None) -> ListEntry:
+    """Put `pattern` on `list_` (moving it from another list if it was there), with its label and window."""
+    entry = session.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
+    if entry is None:
+        entry = ListEntry(pattern=pattern)
+        session.add(entry)
+    entry.list, entry.label, entry.source = list_, label, source
+    entry.days = window.days_mask if window else None
+    entry.time_from = f"{window.start:%H:%M}" if window else None
+    entry.time_to = f"{window.end:%H:%M}" if window else None
+    session.flush()
+    return entry
+
+
+def remove_entry(session: Session, pattern: str) -> bool:
+    """Remove the entry for `pattern`; False if there was none."""
+    return session.execute(delete(ListEntry).where(ListEntry.pattern == pattern)).rowcount > 0
+
+
+def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, source: str) -> int:
+    """Insert or move many (pattern, label) rows at once, in the caller's transaction; returns the count."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    now = utcnow()
+    batch: list[dict[str, Any]] = []
+    total = 0
+
+    def flush() -> None:
+        stmt = insert(ListEntry)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["pattern"],
+            set_={"list": stmt.excluded.list, "label": stmt.excluded.label, "source": stmt.excluded.source},
+        )
+        session.execute(stmt, batch)
+        batch.clear()
+
+    for pattern, label in rows:
+        batch.append({"list": list_, "pattern": pattern, "label": label, "source": source, "created_at": now,
+                      "hit_count": 0})
+        total += 1
+        if len(batch) >= 5000:
+            flush()
+    if batch:
+        flush()
+    return total
+
+
+def record_hit(session: Session, entry_id: int, when: datetime) -> None:
+    session.execute(update(ListEntry).where(ListEntry.id == entry_id)
+                    .values(hit_count=ListEntry.hit_count + 1, last_hit_at=when))
+
+
+# --- calls and status -----------------------------------------------------------------------------------
+
+
+def close_interrupted(session: Session, now: datetime) -> int:
+    """Mark calls left open by a crash or a stop as `interrupted`; returns how many."""
+    res = session.execute(update(Call).where(Call.outcome.is_(None)).values(outcome="interrupted", ended_at=now))
+    return res.rowcount or 0
+
+
+def recent_calls(session: Session, limit: int = 50) -> list[Call]:
+    return list(session.scalars(select(Call).order_by(Call.started_at.desc(), Call.id.desc()).limit(limit)))
+
+
+def set_sip_status(session: Session, state: str, last_error: str = "", now: datetime | None = None) -> None:
+    """Record the registration state; `since` changes only when the state does."""
+    now = now or utcnow()
+    row = session.get(SipStatus, 1)
+    if row is None:
+        row = SipStatus(id=1, state=state, since=now)
+        session.add(row)
+    elif row.state != state:
+        row.state, row.since = state, now
+    row.last_error, row.updated_at = last_error, now
+
+
+def get_sip_status(session: Session) -> SipStatus | None:
+    return session.get(SipStatus, 1)
+
+
+def count_entries(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(ListEntry)) or 0
+
+
+# --- schema ---------------------------------------------------------------------------------------------
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(store: Store) -> None:
+    """Bring the schema to the latest migration."""
+    from alembic import command
+
+    cfg = _alembic_config(store.url)
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
