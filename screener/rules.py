@@ -243,8 +243,8 @@ def decide(caller: Caller, rules: RuleSet, now: datetime) -> Decision:
 
 
 def _reason(rule: Rule) -> str:
-    where = {"number": "number", "prefix": "prefix", "class": "class"}[rule.kind]
-    text = f"{where} {rule.pattern} on the {rule.list} list"
+    what = rule.pattern if rule.kind == "class" else f"{rule.kind} {rule.pattern}"
+    text = f"{what} on the {rule.list} list"
     if rule.label:
         text += f" ({rule.label})"
     if rule.window:

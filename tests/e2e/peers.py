@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
 HOST = "127.0.0.1"
 AOR_USER = "home"
+PASSWORD = "s3cret-home"  # of the AOR, shared by the household phone and screener
 SIPP_SHARE = Path("/usr/share/sip-tester")
 DTMF_PCAP = SIPP_SHARE / "dtmf_2833_{}.pcap"
 DTMF_PCAP_MS = 200  # the packaged RFC 2833 captures last 140 ms
@@ -65,6 +66,7 @@ class Ports:
     household_media = property(lambda self: self.base + 72)
     decliner_media = property(lambda self: self.base + 76)
     caller_media = property(lambda self: self.base + 80)
+    web = property(lambda self: self.base + 90)
     capture_low = property(lambda self: self.base + 100)
     capture_high = property(lambda self: self.base + 199)
     rtp_low = property(lambda self: self.base + 1000)
@@ -786,6 +788,7 @@ def screener_config(workdir: Path, ports: Ports, password: str, **sections: dict
             "max_screened_calls": 4, "voicemail": True, "voicemail_max_seconds": 5,
         },
         "database": {"url": f"sqlite:///{workdir / 'screener.db'}"},
+        "web": {"host": HOST, "port": ports.web},
     }
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(cfg.get(name), dict):
@@ -855,9 +858,10 @@ class Screener:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
 
-    def status(self) -> str:
+    def status(self) -> tuple[int, str]:
+        """`screener status`: (exit code, output); 0 means registered."""
         res = self.cli("status", check=False)
-        return res.stdout + res.stderr
+        return res.returncode, (res.stdout + res.stderr).strip()
 
     def wait_registered(self, timeout: float = 15.0) -> str:
         """Poll `screener status` until it says registered; return that output."""
@@ -868,8 +872,8 @@ class Screener:
             if self.proc is not None and not self.proc.alive():
                 raise PeerError(f"screener exited (code {self.proc.popen.returncode}) before registering:\n"
                                 f"{self.log_tail()}")
-            last = self.status()
-            return says_registered(last)
+            rc, last = self.status()
+            return rc == 0 and says_registered(last)
 
         try:
             wait_until(registered, timeout, interval=0.2, what="`screener status` to say registered")
