@@ -413,8 +413,9 @@ class Phone:
 
     def __init__(self, workdir: Path, kamailio: Kamailio, port: int, media_port: int, name: str = "household",
                  *, ring_ms: int = 3000, decline: int | None = None, register_port: int | None = None,
-                 expires: int = 3600) -> None:
+                 expires: int = 3600, password: str | None = None) -> None:
         self.kamailio = kamailio
+        self.password = kamailio.password if password is None else password
         self.port = port
         self.workdir = workdir
         self.name = name
@@ -434,7 +435,7 @@ class Phone:
     def register(self, timeout: float = 5.0) -> None:
         """REGISTER the UAS's address on the AOR with digest auth (a short sipp run from another port)."""
         reg = Sipp(f"{self.name}-register", self.workdir, "register", {
-            "USER": AOR_USER, "PASSWORD": self.kamailio.password, "CONTACT_HOST": HOST,
+            "USER": AOR_USER, "PASSWORD": self.password, "CONTACT_HOST": HOST,
             "CONTACT_PORT": self.port, "EXPIRES": self.expires,
         }, self.register_port, (self.kamailio.host, self.kamailio.port), calls=1, timeout=timeout)
         rc = reg.run(timeout + 2)
