@@ -1,0 +1,271 @@
+"""RTP for one answered call: G.711 in and out, RFC 2833 digits in. The only module that imports pyVoIP.
+
+pyVoIP's RTPClient keeps the session state (payload map, sequence, timestamp, SSRC); its socket handling,
+codec and buffering are replaced here because of B6, B7, B13, B21 and B22.
+"""
+
+from __future__ import annotations
+
+import audioop
+import logging
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pyVoIP.RTP import PayloadType, RTPClient, TransmitType  # noqa: TID251 (the one pyVoIP import)
+
+log = logging.getLogger("screener.sip")
+
+FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+FRAME_BYTES = FRAME_SAMPLES * 2  # 16-bit linear
+FRAME_SECONDS = 0.02
+INPUT_FRAMES = 50  # B22: at most 1 s of received audio is buffered per call
+DTMF_KEYS = "0123456789*#ABCD"
+CODECS = {"PCMU": PayloadType.PCMU, "PCMA": PayloadType.PCMA}
+
+
+class PortPool:
+    """RTP ports of one range, handed out once and taken back when a call ends (B13)."""
+
+    def __init__(self, host: str, low: int, high: int, family: int = socket.AF_INET) -> None:
+        self.host, self.low, self.high, self.family = host, low, high, family
+        step = 2 if high - low >= 1 else 1  # even ports by convention, RTCP would take the odd one
+        self._ports = list(range(low + (low % 2 if step == 2 else 0), high + 1, step)) or [low]
+        self._next = random.randrange(len(self._ports))
+        self._used: set[int] = set()
+        self._lock = threading.Lock()
+
+    def bind(self) -> socket.socket:
+        """A UDP socket bound to a free port of the range; OSError when none is free."""
+        with self._lock:
+            for _ in range(len(self._ports)):
+                port = self._ports[self._next]
+                self._next = (self._next + 1) % len(self._ports)
+                if port in self._used:
+                    continue
+                sock = socket.socket(self.family, socket.SOCK_DGRAM)
+                try:
+                    sock.bind((self.host, port))
+                except OSError:
+                    sock.close()  # B13: a socket that failed to bind is closed, not leaked
+                    continue
+                sock.setblocking(False)
+                self._used.add(port)
+                return sock
+        raise OSError(f"no free RTP port in {self.low}-{self.high}")
+
+    def release(self, port: int) -> None:
+        with self._lock:
+            self._used.discard(port)
+
+    @property
+    def in_use(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._used)
+
+
+class RtpSession(RTPClient):
+    """One RTP stream: plays queued 16-bit PCM, keeps the last second of received PCM, reports digits."""
+
+    def __init__(self, pool: PortPool, sock: socket.socket, codec: str, payload: int, event_payload: int | None,
+                 remote: tuple[str, int], on_digit: Callable[[str], None] | None = None,
+                 accept_from: Callable[[str], bool] | None = None) -> None:
+        assoc = {payload: CODECS[codec]}
+        if event_payload is not None:
+            assoc[event_payload] = PayloadType.EVENT
+        local = sock.getsockname()
+        super().__init__(assoc, local[0], local[1], remote[0], remote[1], TransmitType.SENDRECV, on_digit)
+        self.preference = CODECS[codec]
+        self.payload = payload
+        self.event_payload = event_payload
+        self.pool = pool
+        self.sin = self.sout = sock
+        self.accept_from = accept_from
+        self.pmin = self.pmout = None  # type: ignore[assignment]  # B22: unbounded buffers never used
+        self.outSequence = random.randrange(0x10000)
+        self.outTimestamp = random.randrange(0x100000000)
+        self.outSSRC = random.randrange(1, 0x100000000)
+        self._out: deque[bytes] = deque()
+        self._in: deque[bytes] = deque(maxlen=INPUT_FRAMES)
+        self._cv = threading.Condition()
+        self._sent = 0  # frames of queued audio sent so far
+        self._queued = 0
+        self._last_event_ts: int | None = None
+        self._thread: threading.Thread | None = None
+        self._silence = self.encode_packet(b"\0" * FRAME_BYTES)
+        self._first = True
+
+    @property
+    def port(self) -> int:
+        return self.inPort
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"rtp-{self.inPort}", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 0.0) -> None:
+        """End the stream; its thread closes the socket and gives the port back (B1, B13). Idempotent."""
+        with self._cv:
+            running, self.NSD = self.NSD, False
+            self._cv.notify_all()
+        if self._thread is None:
+            if running:
+                self._close()
+        elif wait and self._thread is not threading.current_thread():
+            self._thread.join(wait)
+
+    def set_codec(self, codec: str, payload: int, event_payload: int | None) -> None:
+        """Switch to the codec of a late SDP answer (the one in an ACK)."""
+        self.preference, self.payload, self.event_payload = CODECS[codec], payload, event_payload
+        self._silence = self.encode_packet(b"\0" * FRAME_BYTES)
+
+    def _close(self) -> None:
+        self.sin.close()
+        self.pool.release(self.inPort)
+
+    def set_remote(self, addr: tuple[str, int]) -> None:
+        self.outIP, self.outPort = addr
+
+    # -- audio out --
+
+    def play(self, pcm: bytes) -> int:
+        """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played()."""
+        with self._cv:
+            for i in range(0, len(pcm), FRAME_BYTES):
+                frame = pcm[i:i + FRAME_BYTES]
+                self._out.append(frame.ljust(FRAME_BYTES, b"\0"))
+                self._queued += 1
+            return self._queued
+
+    def wait_played(self, mark: int, timeout: float) -> bool:
+        with self._cv:
+            self._cv.wait_for(lambda: self._sent >= mark or not self.NSD, timeout)
+            return self._sent >= mark
+
+    def clear_playback(self) -> None:
+        with self._cv:
+            self._sent += len(self._out)
+            self._out.clear()
+            self._cv.notify_all()
+
+    # -- audio in --
+
+    def read_frame(self, timeout: float) -> bytes | None:
+        """The oldest received 20 ms of 16-bit PCM, or None after `timeout` without audio."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._in or not self.NSD, timeout) or not self._in:
+                return None
+            return self._in.popleft()
+
+    def flush_input(self) -> None:
+        with self._cv:
+            self._in.clear()
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        next_send = time.monotonic()
+        while self.NSD:
+            now = time.monotonic()
+            if now >= next_send:
+                self._send_frame()
+                next_send += FRAME_SECONDS
+                if now - next_send > 0.2:  # the machine stalled: resynchronise rather than burst
+                    next_send = now + FRAME_SECONDS
+                continue
+            try:
+                ready, _, _ = select.select([self.sin], [], [], next_send - now)
+            except (OSError, ValueError):
+                return
+            if ready:
+                self._drain()
+
+    def _drain(self) -> None:
+        for _ in range(64):
+            try:
+                data, addr = self.sin.recvfrom(2048)
+            except BlockingIOError:
+                return
+            except OSError:  # ICMP errors surface here; they must not end the stream
+                return
+            if self.accept_from and not self.accept_from(addr[0]):
+                continue
+            try:
+                self.parse_packet(data)
+            except Exception:  # noqa: BLE001  # B7: no packet may kill the receive thread
+                log.debug("bad RTP packet from %s:%s", *addr[:2], exc_info=True)
+
+    def _send_frame(self) -> None:
+        with self._cv:
+            frame = self._out.popleft() if self._out else None
+            if frame is not None:
+                self._sent += 1
+                self._cv.notify_all()
+        payload = self.encode_packet(frame) if frame is not None else self._silence
+        marker = 0x80 if self._first else 0
+        self._first = False
+        header = struct.pack("!BBHII", 0x80, marker | self.payload, self.outSequence, self.outTimestamp,
+                             self.outSSRC)
+        # B21: sequence and timestamp wrap modulo their field size instead of overflowing
+        self.outSequence = (self.outSequence + 1) & 0xFFFF
+        self.outTimestamp = (self.outTimestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        if not self.outPort:
+            return
+        try:
+            self.sout.sendto(header + payload, (self.outIP, self.outPort))
+        except OSError:
+            pass
+
+    def encode_packet(self, payload: bytes) -> bytes:
+        """16-bit linear -> the negotiated G.711 law."""
+        if self.preference == PayloadType.PCMA:
+            return audioop.lin2alaw(payload, 2)  # B6: PCMA encoded as A-law (pyVoIP sends u-law)
+        return audioop.lin2ulaw(payload, 2)
+
+    def parse_packet(self, packet: bytes) -> None:
+        """One received datagram; anything malformed or foreign is ignored (B7)."""
+        if len(packet) < 12 or packet[0] >> 6 != 2:  # B7: short packets are dropped, not fatal
+            return
+        first, second = packet[0], packet[1]
+        pt = second & 0x7F
+        timestamp = struct.unpack_from("!I", packet, 4)[0]
+        start = 12 + 4 * (first & 0x0F)
+        if first & 0x10:  # header extension
+            if len(packet) < start + 4:
+                return
+            start += 4 + 4 * struct.unpack_from("!H", packet, start + 2)[0]
+        end = len(packet) - (packet[-1] if first & 0x20 else 0)
+        if end < start:
+            return
+        body = packet[start:end]
+        if pt == self.event_payload:
+            self._telephone_event(body, timestamp)
+        elif pt == self.payload and body:
+            if self.preference == PayloadType.PCMA:
+                pcm = audioop.alaw2lin(body, 2)
+            else:
+                pcm = audioop.ulaw2lin(body, 2)
+            with self._cv:
+                self._in.append(pcm)  # B22: bounded, oldest audio dropped when nobody reads
+                self._cv.notify_all()
+
+    def _telephone_event(self, body: bytes, timestamp: int) -> None:
+        # RFC 4733: one event = one RTP timestamp, repeated many times; report it once
+        if len(body) < 4 or timestamp == self._last_event_ts:
+            return
+        if body[0] >= len(DTMF_KEYS):  # B7: events >= 16 (flash, tones) are ignored, not an IndexError
+            return
+        self._last_event_ts = timestamp
+        if self.dtmf is not None:
+            self.dtmf(DTMF_KEYS[body[0]])

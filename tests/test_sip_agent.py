@@ -1,0 +1,418 @@
+"""The SIP agent against a fake provider socket on loopback: calls, transactions and the pyVoIP bugs it fixes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+from test_sip_support import (
+    Peer,
+    Recorder,
+    agent_addr,
+    cancel,
+    in_dialog,
+    invite,
+    method,
+    options,
+    running_agent,
+    sdp,
+    status,
+)
+
+from screener.sip import Call
+from screener.sip.message import parse, parse_sdp
+
+
+@pytest.fixture
+def provider():
+    p = Peer()
+    yield p
+    p.close()
+
+
+def ack_for(inv_text: str, resp, peer: Peer) -> str:
+    inv = parse(inv_text.encode())
+    if resp.status >= 300:  # the ACK of a non-2xx belongs to the INVITE's transaction
+        return in_dialog("ACK", inv, resp, peer, inv.cseq[0], branch=inv.branch)
+    return in_dialog("ACK", inv, resp, peer, inv.cseq[0])
+
+
+def test_decline_goes_out_within_milliseconds(provider):
+    # B2: the handler runs as soon as the INVITE arrives (pyVoIP waits 1 s)
+    with running_agent(provider, Recorder(lambda c: c.decline(603))) as agent:
+        worst = 0.0
+        for i in range(20):
+            t0 = time.perf_counter()
+            provider.send(invite(agent.local_port, provider, f"fast{i}"), agent_addr(agent))
+            provider.expect(status(603))
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.1, f"INVITE -> 603 took {worst * 1000:.1f} ms"
+
+
+def test_decline_607_and_100_trying_first(provider):
+    with running_agent(provider, Recorder(lambda c: c.decline(607))) as agent:
+        provider.send(invite(agent.local_port, provider), agent_addr(agent))
+        assert provider.recv().status == 100
+        final = provider.expect(status(607))
+        assert final.reason == "Unwanted"
+        assert "tag=" in final.get("to")
+
+
+def test_final_response_retransmitted_until_ack(provider):
+    # B5: responses to the INVITE are retransmitted until the ACK, then stop
+    with running_agent(provider, Recorder(lambda c: c.decline(603))) as agent:
+        text = invite(agent.local_port, provider)
+        provider.send(text, agent_addr(agent))
+        first = provider.expect(status(603))
+        provider.expect(status(603), timeout=0.5)
+        provider.send(ack_for(text, first, provider), agent_addr(agent))
+        time.sleep(0.1)
+        while provider.recv(0.05):
+            pass
+        assert provider.silent(0.4)
+
+
+def test_retransmitted_invite_gets_the_last_response_and_one_handler_call(provider):
+    rec = Recorder(lambda c: c.decline(603))
+    with running_agent(provider, rec) as agent:
+        text = invite(agent.local_port, provider, "dup")
+        provider.send(text, agent_addr(agent))
+        provider.expect(status(603))
+        provider.send(text, agent_addr(agent))
+        provider.expect(status(603))
+        assert len(rec.calls) == 1
+
+
+def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):
+    # B3: after CANCEL the INVITE is answered 487, and answer() refuses
+    go = threading.Event()
+    answered: list[bool] = []
+
+    def handler(call: Call) -> None:
+        call.ring()
+        go.wait(2)
+        answered.append(call.answer())
+
+    with running_agent(provider, Recorder(handler)) as agent:
+        text = invite(agent.local_port, provider, "cxl")
+        provider.send(text, agent_addr(agent))
+        provider.expect(status(180))
+        provider.send(cancel(text), agent_addr(agent))
+        got = {provider.recv().status, provider.recv().status}
+        assert got == {200, 487}
+        go.set()
+        time.sleep(0.2)
+        assert answered == [False]
+        call = agent_calls(agent)[0]
+        assert call.end_reason == "cancelled" and call.answered_elsewhere
+
+
+def agent_calls(agent) -> list[Call]:
+    return list(agent._calls.values())
+
+
+def test_unknown_cancel_and_bye_get_481(provider):
+    # B15: BYE/CANCEL for calls we do not know are 481, not 200
+    with running_agent(provider, Recorder()) as agent:
+        text = invite(agent.local_port, provider, "ghost")
+        provider.send(cancel(text), agent_addr(agent))
+        assert provider.recv().status == 481
+        inv = parse(text.encode())
+        fake = parse(b"SIP/2.0 200 OK\r\nTo: <sip:screener@provider.example>;tag=nope\r\n\r\n")
+        provider.send(in_dialog("BYE", inv, fake, provider, 2), agent_addr(agent))
+        assert provider.recv().status == 481
+
+
+def test_options_and_other_methods_are_answered(provider):
+    # B15: OPTIONS 200 (providers drop silent devices), NOTIFY 200, unsupported methods 405
+    with running_agent(provider, Recorder()) as agent:
+        provider.send(options(provider), agent_addr(agent))
+        ok = provider.recv()
+        assert ok.status == 200 and "INVITE" in ok.get("allow")
+        for m, code in (("MESSAGE", 405), ("NOTIFY", 200), ("REFER", 405), ("SUBSCRIBE", 405)):
+            provider.send(options(provider).replace("OPTIONS", m), agent_addr(agent))
+            assert provider.recv().status == code, m
+
+
+def test_replies_go_to_the_source_not_the_via_or_registrar(provider):
+    # B4: a reply follows the packet's source (the Via here names a port nobody listens on)
+    other = Peer()
+    try:
+        with running_agent(provider, Recorder(lambda c: c.decline(603))) as agent:
+            text = invite(agent.local_port, other).replace(f"{other.host}:{other.port};", "127.0.0.1:9;")
+            other.send(text, agent_addr(agent))
+            assert other.expect(status(603)).status == 603
+            assert provider.silent(0.2)
+    finally:
+        other.close()
+
+
+def answer_and_hold(call: Call) -> None:
+    call.answer()
+    call.wait_ended(5)
+
+
+def test_200_ok_has_record_route_our_contact_and_bye_follows_the_route(provider):
+    # B5: 200 OK copies Record-Route; B18: Contact is ours; B4: BYE follows the route set; B5: BYE after ACK
+    proxy = Peer()
+    rr = f"Record-Route: <sip:{proxy.host}:{proxy.port};lr>\r\n"
+
+    def handler(call: Call) -> None:
+        call.answer()
+        call.hangup()
+
+    try:
+        with running_agent(provider, Recorder(handler)) as agent:
+            text = invite(agent.local_port, provider, "rr", extra=rr)
+            provider.send(text, agent_addr(agent))
+            ok = provider.expect(status(200))
+            assert ok.get("record-route") == f"<sip:{proxy.host}:{proxy.port};lr>"
+            assert ok.get("contact") == f"<sip:screener@127.0.0.1:{agent.local_port}>"
+            assert parse_sdp(ok.body).address == "127.0.0.1"
+            assert proxy.silent(0.2)  # no BYE before the ACK
+            provider.send(ack_for(text, ok, provider), agent_addr(agent))
+            bye = proxy.expect(method("BYE"))
+            assert bye.uri == f"sip:caller@{provider.host}:{provider.port}"
+            assert bye.get("route") == f"<sip:{proxy.host}:{proxy.port};lr>"
+            assert bye.get("call-id") == "rr" and "tag=" in bye.get("from") and bye.get("to").endswith("tag=ftrr")
+    finally:
+        proxy.close()
+
+
+def test_ringing_carries_our_contact(provider):
+    # B18: 180 carries screener's Contact, not the caller's
+    with running_agent(provider, Recorder(lambda c: c.ring())) as agent:
+        provider.send(invite(agent.local_port, provider), agent_addr(agent))
+        r = provider.expect(status(180))
+        assert r.get("contact") == f"<sip:screener@127.0.0.1:{agent.local_port}>"
+
+
+def test_compact_lower_case_and_empty_headers(provider):
+    # B8: compact names, odd case, no space after ':' and an empty header must not drop the INVITE
+    rec = Recorder(lambda c: c.decline(603))
+    with running_agent(provider, rec) as agent:
+        body = sdp(40000)
+        text = (
+            f"INVITE sip:screener@127.0.0.1 SIP/2.0\r\n"
+            f"v:SIP/2.0/UDP {provider.host}:{provider.port};branch=z9hG4bKcompact\r\n"
+            f"f:<sip:0612345678@provider.example>;tag=x1\r\n"
+            f"t:   <sip:screener@provider.example>\r\n"
+            f"i:compact-1\r\ncseq:   1 INVITE\r\nsubject:\r\nm:<sip:a@{provider.host}>\r\n"
+            f"p-asserted-identity: <tel:+390612345678>\r\nc:application/sdp\r\nl:{len(body)}\r\n\r\n{body}"
+        )
+        provider.send(text, agent_addr(agent))
+        provider.expect(status(603))
+        info = rec.calls[0].info
+        assert info.call_id == "compact-1" and info.pai_raw == "<tel:+390612345678>"
+        assert info.from_raw == "<sip:0612345678@provider.example>;tag=x1"
+
+
+@pytest.mark.parametrize("from_", ["<tel:+390212345678>;tag=t1", "<sips:0212345678@provider.example>;tag=t1",
+                                   "sip:0212345678@provider.example;tag=t1"])
+def test_tel_and_sips_from(provider, from_):
+    # B10: tel: and sips: From headers are calls like any other
+    rec = Recorder(lambda c: c.decline(603))
+    with running_agent(provider, rec) as agent:
+        provider.send(invite(agent.local_port, provider, from_=from_), agent_addr(agent))
+        provider.expect(status(603))
+        assert rec.calls[0].info.from_raw == from_
+
+
+def test_rtpmap_for_a_payload_not_offered(provider):
+    # B11: an rtpmap line for a payload missing from m= is ignored
+    rec = Recorder(lambda c: c.decline(603))
+    with running_agent(provider, rec) as agent:
+        body = sdp(40000, "0 101", extra="a=rtpmap:97 iLBC/8000")
+        provider.send(invite(agent.local_port, provider, body=body), agent_addr(agent))
+        provider.expect(status(603))
+
+
+@pytest.mark.parametrize("body", [sdp(40000, "18").replace("m=audio 40000 RTP/AVP 18", "m=audio 40000 RTP/AVP 18"),
+                                  sdp(40000, "0 8").replace("RTP/AVP", "RTP/SAVP")])
+def test_offers_we_cannot_serve_get_488(provider, body):
+    # B12: G.729-only and SRTP-only offers are refused with 488 at once
+    rec = Recorder()
+    with running_agent(provider, rec) as agent:
+        provider.send(invite(agent.local_port, provider, body=body), agent_addr(agent))
+        assert provider.expect(status(488)).status == 488
+        assert rec.calls == []
+
+
+def test_invite_without_sdp_is_answered_with_an_offer(provider):
+    # B12: a late-offer INVITE gets our offer in the 200 and the caller's answer in the ACK
+    rtp = Peer()
+    done = threading.Event()
+
+    def handler(call: Call) -> None:
+        call.answer()
+        done.wait(3)
+        call.play(b"\x10\x00" * 800)
+        call.hangup()
+
+    try:
+        with running_agent(provider, Recorder(handler)) as agent:
+            text = invite(agent.local_port, provider, "late", body="")
+            provider.send(text, agent_addr(agent))
+            ok = provider.expect(status(200))
+            offer = parse_sdp(ok.body)
+            assert set(offer.payloads) >= {0, 8}
+            answer = sdp(rtp.port, "8 101")
+            provider.send(ack_for(text, ok, provider).replace("Content-Length: 0\r\n\r\n",
+                                                              "Content-Type: application/sdp\r\n"
+                                                              f"Content-Length: {len(answer)}\r\n\r\n{answer}"),
+                          agent_addr(agent))
+            done.set()
+            pkt = rtp.recv_raw(2)
+            assert pkt is not None and pkt[0][1] & 0x7F == 8
+    finally:
+        rtp.close()
+
+
+def test_reinvite_is_answered(provider):
+    # B14: a session refresh (re-INVITE) gets 200 with the same SDP
+    with running_agent(provider, Recorder(answer_and_hold)) as agent:
+        text = invite(agent.local_port, provider, "reinv")
+        provider.send(text, agent_addr(agent))
+        ok = provider.expect(status(200))
+        provider.send(ack_for(text, ok, provider), agent_addr(agent))
+        inv = parse(text.encode())
+        body = sdp(40002)
+        re_inv = in_dialog("INVITE", inv, ok, provider, 2, body=body,
+                           extra="Content-Type: application/sdp\r\n")
+        provider.send(re_inv, agent_addr(agent))
+        again = provider.expect(lambda m: m.status == 200 and m.cseq == (2, "INVITE"))
+        assert again.body == ok.body
+        provider.send(in_dialog("BYE", inv, ok, provider, 3), agent_addr(agent))
+        provider.expect(lambda m: m.status == 200 and m.cseq[1] == "BYE")
+
+
+def test_large_non_utf8_datagram_with_trailing_bytes(provider):
+    # B19: 20 KB datagram, Latin-1 display name, SDP values with '=', bytes after Content-Length ignored
+    rec = Recorder(lambda c: c.decline(603))
+    with running_agent(provider, rec) as agent:
+        body = sdp(40000, extra="a=fmtp:101 0-15;x=y")
+        text = invite(agent.local_port, provider, "big", body=body,
+                      extra="X-Padding: " + "a" * 20000 + "\r\n").encode() + b"GARBAGE"
+        text = text.replace(b'"Mario Rossi"', b'"Nicol\xf2 \xe8"')
+        provider.send(text, agent_addr(agent))
+        provider.expect(status(603))
+        assert rec.calls[0].info.display_name.startswith("Nicol")
+
+
+def test_handler_exception_does_not_kill_the_agent(provider, caplog):
+    def boom(call: Call) -> None:
+        raise RuntimeError("handler bug")
+
+    with running_agent(provider, boom) as agent:
+        provider.send(invite(agent.local_port, provider), agent_addr(agent))
+        provider.expect(status(100))
+        time.sleep(0.1)
+        provider.send(options(provider), agent_addr(agent))
+        assert provider.expect(status(200))
+    assert "handler bug" in caplog.text
+
+
+class _FlakySocket:
+    """Wraps the agent's socket and fails once on receive, as an ICMP error would."""
+
+    def __init__(self, sock) -> None:
+        self.sock, self.failed = sock, False
+
+    def recvfrom(self, n: int):
+        if not self.failed:
+            self.failed = True
+            raise ConnectionRefusedError("ICMP port unreachable")
+        return self.sock.recvfrom(n)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+def test_socket_error_does_not_end_the_receive_thread(provider):
+    # B9: an OSError on the SIP socket must not kill the receive thread
+    with running_agent(provider, Recorder()) as agent:
+        flaky = _FlakySocket(agent.sock)
+        agent.sock = flaky  # type: ignore[assignment]
+        provider.send(options(provider, "o1"), agent_addr(agent))
+        time.sleep(0.1)
+        provider.send(options(provider, "o2"), agent_addr(agent))
+        assert provider.expect(lambda m: m.status == 200 and m.call_id == "o2")
+        assert flaky.failed
+        agent.sock = flaky.sock
+
+
+def test_untrusted_sources_get_nothing_and_are_logged_once(provider, caplog):
+    # only the provider talks to screener: no reply, no handler call, one grep-able line per source and minute
+    stranger = Peer("127.0.0.2")
+    rec = Recorder()
+    caplog.set_level(logging.WARNING, "screener.sip")
+    try:
+        with running_agent(provider, rec) as agent:
+            for i in range(3):
+                stranger.send(invite(agent.local_port, stranger, f"evil{i}"), agent_addr(agent))
+            stranger.send(options(stranger), agent_addr(agent))
+            assert stranger.silent(0.4)
+            assert rec.calls == []
+        lines = [r.getMessage() for r in caplog.records if "untrusted" in r.getMessage()]
+        assert lines == [f"screener: untrusted SIP from 127.0.0.2:{stranger.port} dropped (INVITE)"]
+    finally:
+        stranger.close()
+
+
+def test_trusted_sources_ranges_are_answered(provider):
+    stranger = Peer("127.0.0.2")
+    try:
+        with running_agent(provider, Recorder(), trusted_sources=("127.0.0.0/30",)) as agent:
+            stranger.send(options(stranger), agent_addr(agent))
+            assert stranger.expect(status(200))
+    finally:
+        stranger.close()
+
+
+def test_bye_from_caller_ends_the_call(provider):
+    ended = threading.Event()
+
+    def handler(call: Call) -> None:
+        call.answer()
+        call.wait_ended(5)
+        ended.set()
+
+    with running_agent(provider, Recorder(handler)) as agent:
+        text = invite(agent.local_port, provider, "byecall")
+        provider.send(text, agent_addr(agent))
+        ok = provider.expect(status(200))
+        provider.send(ack_for(text, ok, provider), agent_addr(agent))
+        provider.send(in_dialog("BYE", parse(text.encode()), ok, provider, 2), agent_addr(agent))
+        provider.expect(lambda m: m.status == 200 and m.cseq[1] == "BYE")
+        assert ended.wait(2)
+        assert agent_calls(agent)[0].end_reason == "bye"
+        assert agent.pool.in_use == frozenset()
+
+
+def test_sip_info_digits(provider):
+    got: list[str | None] = []
+
+    def handler(call: Call) -> None:
+        call.answer()
+        got.append(call.wait_digit(3))
+        call.hangup()
+
+    with running_agent(provider, Recorder(handler)) as agent:
+        text = invite(agent.local_port, provider, "info")
+        provider.send(text, agent_addr(agent))
+        ok = provider.expect(status(200))
+        provider.send(ack_for(text, ok, provider), agent_addr(agent))
+        provider.send(in_dialog("INFO", parse(text.encode()), ok, provider, 2, body="Signal=5\r\nDuration=160\r\n",
+                                extra="Content-Type: application/dtmf-relay\r\n"), agent_addr(agent))
+        provider.expect(method("BYE"))
+        assert got == ["5"]
+
+
+def test_stop_ends_ringing_calls_with_480(provider):
+    rec = Recorder(lambda c: c.ring())
+    with running_agent(provider, rec) as agent:
+        provider.send(invite(agent.local_port, provider), agent_addr(agent))
+        provider.expect(status(180))
+    assert provider.expect(status(480))
