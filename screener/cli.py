@@ -138,14 +138,12 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def lookup(cfg: Config, st: Any, number: str, at: datetime) -> dict[str, Any]:
     """The decision for `number` at `at`, through the same code the service uses, as a JSON-able dict."""
-    from screener import store
     from screener.numbers import parse_caller
     from screener.rules import decide
 
     sc = cfg.screening
     caller = parse_caller(number, sc.region)
-    with st.read() as s:
-        rules = store.ruleset_for(s, caller, region=sc.region, tz=ZoneInfo(sc.timezone), default=sc.default_action)
+    rules = st.ruleset(caller, region=sc.region, tz=ZoneInfo(sc.timezone), default=sc.default_action)
     d = decide(caller, rules, at)
     return {"input": number, "e164": caller.e164, "withheld": caller.withheld, "internal": caller.internal,
             "valid": caller.valid, "type": caller.type, "country": caller.country,

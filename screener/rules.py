@@ -218,7 +218,7 @@ def candidate_patterns(caller: Caller) -> list[str]:
     if caller.e164:
         e = caller.e164
         out.append(e)
-        out.extend(e[:i] + "*" for i in range(len(e) - 1, 1, -1))
+        out.extend(e[:i] + "*" for i in range(len(e), 1, -1))
     return out
 
 
