@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import OperationalError
+
 from screener import config as config_mod
 from screener.config import Config, ConfigError
 
@@ -347,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CliError) as e:
         print(f"screener: {e}", file=sys.stderr)
         return e.status if isinstance(e, CliError) else 2
+    except OperationalError as e:
+        print(f"screener: database error: {e.orig or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
