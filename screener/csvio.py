@@ -52,7 +52,8 @@ def decode(data: bytes) -> str:
 
 def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
     try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+        # blank and comment lines hold no delimiter and make the sniffer give up (then "," is assumed)
+        return csv.Sniffer().sniff("\n".join(x for x in sample.splitlines() if x.strip()[:1] not in ("", "#")), ",;\t|")
     except csv.Error:
         return csv.excel
 
@@ -71,7 +72,8 @@ def parse_csv(text: str | bytes, region: str) -> ImportReport:
     if isinstance(text, bytes):
         text = decode(text)
     text = text.removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text[:4096]))
+    # only " quotes, doubled to escape, as spreadsheets write: the sniffer takes our export's leading ' for a quote
+    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text[:4096]), quotechar='"', doublequote=True)
     found: dict[str, str] = {}
     errors: list[tuple[int, str]] = []
     num_col, label_col = 0, 1

@@ -37,7 +37,8 @@ def test_preset_has_a_title_and_no_duplicate_patterns(name: str) -> None:
 
 
 def _it_rules(default: str = "allow") -> RuleSet:
-    rules = tuple(Rule(e.list, e.pattern, e.label, source="preset:it") for e in PRESETS["it"].entries)  # type: ignore[arg-type]
+    entries = PRESETS["it"].entries
+    rules = tuple(Rule(e.list, e.pattern, e.label, source="preset:it") for e in entries)  # type: ignore[arg-type]
     return RuleSet(rules, "IT", ROME, default)  # type: ignore[arg-type]
 
 

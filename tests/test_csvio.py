@@ -1,0 +1,214 @@
+"""List files as people have them: any delimiter, header or not, UTF-8 or Latin-1; and our own export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+
+from screener.csvio import EXPORT_COLUMNS, decode, entry_row, export_csv, neutralise, parse_csv
+from screener.rules import Window, make_window
+
+MILAN, ROME_FIX, MOBILE, FR = "+390212345678", "+390612345678", "+393471234567", "+33142685300"
+
+
+def _not_a_number(text: str) -> str:
+    return ("not a phone number, prefix (digits then *) or class (withheld, invalid, foreign, premium_rate, "
+            f"toll_free, shared_cost, mobile, fixed_line, voip, personal_number): {text!r}")
+
+
+def _bad_prefix(text: str) -> str:
+    return f"a prefix must be digits followed by *, got {text!r}"
+
+
+# file content (str or bytes), rows, errors
+PARSE = [
+    # header: the number column by name, in any case, the label column anywhere
+    pytest.param("number,label\n0212345678,Rossi\n", [(MILAN, "Rossi")], [], id="header-number-label"),
+    pytest.param("Phone,Description\n0212345678,Rossi\n", [(MILAN, "Rossi")], [], id="header-phone-description"),
+    pytest.param("PATTERN,NAME\n0844*,telemarketing\n", [("+390844*", "telemarketing")], [],
+                 id="header-pattern-name-upper"),
+    pytest.param("Numero;Nome\n0212345678;Rossi\n", [(MILAN, "Rossi")], [], id="header-numero-nome"),
+    pytest.param("Nome;Telefono\nRossi;0212345678\n", [(MILAN, "Rossi")], [], id="header-label-first"),
+    pytest.param("id,nome,note,TELEFONO\n1,Rossi,x,0212345678\n2,Bianchi,y,3471234567\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [], id="header-number-last-label-middle"),
+    pytest.param("telefono\n0212345678\n3471234567\n", [(MILAN, ""), (MOBILE, "")], [], id="header-number-only"),
+    pytest.param("numero,città\n0212345678,Milano\n", [(MILAN, "")], [], id="header-unknown-label-column"),
+    # no header: number first, label second
+    pytest.param("0212345678,Rossi\n3471234567,Bianchi\n", [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [],
+                 id="no-header-comma"),
+    pytest.param("0212345678;Rossi\n3471234567;Bianchi\n", [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [],
+                 id="no-header-semicolon"),
+    pytest.param("0212345678\tRossi\n3471234567\tBianchi\n", [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [],
+                 id="no-header-tab"),
+    pytest.param("number\tlabel\n+39 02 1234 5678\tRossi\n", [(MILAN, "Rossi")], [], id="header-tab"),
+    pytest.param("0212345678|Rossi\n", [(MILAN, "Rossi")], [], id="no-header-pipe"),
+    pytest.param("0212345678,Rossi,extra,cells\n", [(MILAN, "Rossi")], [], id="extra-columns"),
+    # encodings and line ends
+    pytest.param("\ufeffnumero;nome\n0212345678;Rossi\n", [(MILAN, "Rossi")], [], id="bom-str"),
+    pytest.param("\ufeffnumero;nome\r\n0212345678;Università\r\n".encode(), [(MILAN, "Università")], [],
+                 id="bom-utf8-bytes"),
+    pytest.param("numero;nome\r\n0212345678;Caffè Perù\r\n3471234567;Società «Ok»\r\n".encode("cp1252"),
+                 [(MILAN, "Caffè Perù"), (MOBILE, "Società «Ok»")], [], id="cp1252-bytes"),
+    pytest.param("0212345678,Università\n".encode(), [(MILAN, "Università")], [], id="utf8-no-bom"),
+    pytest.param("number,label\r\n0212345678,Rossi\r\n3471234567,Bianchi\r\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [], id="crlf"),
+    # blank lines and comments
+    pytest.param("# my block list\n\nnumber,label\n\n0212345678,Rossi\n# Bianchi moved\n\n3471234567,Bianchi\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [], id="comments-and-blank-lines-comma"),
+    pytest.param("# lista\r\nnumero;nome\r\n0212345678;Rossi\r\n\r\n# commento\r\n3471234567;Bianchi\r\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [], id="comments-and-blank-lines-semicolon"),
+    pytest.param("# lista\n0212345678;Rossi\n3471234567;Bianchi\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [], id="comment-then-semicolon-rows"),
+    pytest.param("0212345678\t#1 client\n", [(MILAN, "#1 client")], [], id="hash-in-label-is-kept"),
+    # quoting
+    pytest.param('"0212345678","Rossi, Mario"\n"3471234567","Bianchi, Anna"\n',
+                 [(MILAN, "Rossi, Mario"), (MOBILE, "Bianchi, Anna")], [], id="quoted-comma"),
+    pytest.param('numero;nome\n0212345678;"Rossi; Mario"\n3471234567;"Verdi ""il Conte"""\n',
+                 [(MILAN, "Rossi; Mario"), (MOBILE, 'Verdi "il Conte"')], [], id="quoted-semicolon-and-quotes"),
+    pytest.param("".join(f"0212{i:06d},\"Rossi {i}\"\n" for i in range(300)) + '0612345678,"Verdi ""il Conte"""\n',
+                 [(f"+390212{i:06d}", f"Rossi {i}") for i in range(300)] + [(ROME_FIX, 'Verdi "il Conte"')], [],
+                 id="doubled-quote-beyond-the-sniffed-sample"),
+    # bad rows: reported with the physical line, good rows kept
+    pytest.param("0212345678,Rossi\nabc,bad\n3471234567,Bianchi\n12a*,bad prefix\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [(2, _not_a_number("abc")), (4, _bad_prefix("12a*"))],
+                 id="bad-rows-no-header"),
+    pytest.param("\n\nnumber,label\n\nabc,x\n0212345678,y\n\n\n*,z\n",
+                 [(MILAN, "y")], [(5, _not_a_number("abc")), (9, _bad_prefix("*"))],
+                 id="bad-rows-after-blank-lines-and-header"),
+    pytest.param("numero;nome\r\n\r\n0212345678;Rossi\r\n;senza numero\r\n3471234567;Bianchi\r\n",
+                 [(MILAN, "Rossi"), (MOBILE, "Bianchi")], [(4, "no number in this row")], id="empty-number-cell"),
+    pytest.param("nome,numero\nRossi,0212345678\nBianchi\n", [(MILAN, "Rossi")], [(3, "no number in this row")],
+                 id="short-row"),
+    pytest.param('number,label\n0212345678,"Rossi\nMario"\nxyz,after\n', [(MILAN, "Rossi\nMario")],
+                 [(4, _not_a_number("xyz"))], id="multi-line-cell-counts-physical-lines"),
+    # duplicates fold, the last one wins
+    pytest.param("number,label\n0212345678,first\n3471234567,Bianchi\n+39 02 1234 5678,second\n",
+                 [(MOBILE, "Bianchi"), (MILAN, "second")], [], id="duplicates-last-wins"),
+    # our export neutralises cells with a leading apostrophe
+    pytest.param("pattern,label\n'+390212345678,'=Rossi\n'@1*,x\n'-0844*,'-\n",
+                 [(MILAN, "=Rossi"), ("+390844*", "-")], [(3, _bad_prefix("@1*"))], id="leading-apostrophe"),
+    # a typical spreadsheet export, and a plain list
+    pytest.param('"Numero";"Nome"\r\n"+39 02 1234567";"Rossi"\r\n', [("+39021234567", "Rossi")], [],
+                 id="spreadsheet-export"),
+    pytest.param("0212345678\n+39 06 1234 5678\n0033142685300\n0844*\n",
+                 [(MILAN, ""), (ROME_FIX, ""), (FR, ""), ("+390844*", "")], [], id="plain-list"),
+    pytest.param("0212345678\n", [(MILAN, "")], [], id="one-number"),
+    pytest.param("class:foreign,foreigners\nWITHHELD,hidden\n", [("class:foreign", "foreigners"),
+                                                                 ("class:withheld", "hidden")], [], id="classes"),
+    pytest.param("", [], [], id="empty-file"),
+    pytest.param("\n\n# nothing here\n", [], [], id="only-comments"),
+]
+
+
+@pytest.mark.parametrize(("text", "rows", "errors"), PARSE)
+def test_parse_csv(text: str | bytes, rows: list[tuple[str, str]], errors: list[tuple[int, str]]) -> None:
+    report = parse_csv(text, "IT")
+    assert report.rows == rows
+    assert report.errors == errors
+
+
+def test_parse_csv_uses_the_region_for_national_numbers() -> None:
+    assert parse_csv("0162*,ARCEP\n0142685300,Paris\n", "FR").rows == [("+33162*", "ARCEP"), (FR, "Paris")]
+
+
+def test_long_labels_are_cut_to_the_column_size() -> None:
+    assert parse_csv("0212345678," + "x" * 300 + "\n", "IT").rows == [(MILAN, "x" * 200)]
+
+
+@pytest.mark.parametrize(("data", "text"), [
+    (b"\xef\xbb\xbfnumero", "numero"),
+    ("Università".encode(), "Università"),
+    ("Università".encode("cp1252"), "Università"),
+    (b"caff\xe8 \x80", "caffè €"),
+])
+def test_decode(data: bytes, text: str) -> None:
+    assert decode(data) == text
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cell", "text"), [
+    ("=SUM(A1)", "'=SUM(A1)"),
+    ("+390212345678", "'+390212345678"),
+    ("-1", "'-1"),
+    ("@cmd", "'@cmd"),
+    ("\tx", "'\tx"),
+    ("\rx", "'\rx"),
+    ("class:foreign", "class:foreign"),
+    ("Rossi", "Rossi"),
+    ("a=b", "a=b"),
+    (" =x", " =x"),
+    ("'quoted", "'quoted"),
+    ("", ""),
+    (None, ""),
+    (0, "0"),
+    (12, "12"),
+])
+def test_neutralise(cell: object, text: str) -> None:
+    assert neutralise(cell) == text
+
+
+@dataclass
+class FakeEntry:
+    list: str
+    pattern: str
+    label: str = ""
+    source: str = "user"
+    window: Window | None = None
+    hit_count: int = 0
+    last_hit_at: datetime | None = None
+
+    @property
+    def time_from(self) -> str | None:
+        return f"{self.window.start:%H:%M}" if self.window else None
+
+    @property
+    def time_to(self) -> str | None:
+        return f"{self.window.end:%H:%M}" if self.window else None
+
+
+ENTRIES = [
+    FakeEntry("block", "+390212345678", "=HYPERLINK(\"http://x\")", window=make_window("mon-fri", "09:00", "18:00"),
+              hit_count=3, last_hit_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC)),
+    FakeEntry("allow", "+393471234567", "-Bianchi, Anna"),
+    FakeEntry("screen", "class:foreign", "@foreign", source="preset:it"),
+    FakeEntry("block", "+390844*", "l'amico \"caro\""),
+    FakeEntry("block", "+39899*", "\tpremium"),
+    FakeEntry("screen", "+33*", "+France; Paris"),
+]
+
+
+def test_entry_row() -> None:
+    assert entry_row(ENTRIES[0]) == ("block", "+390212345678", "=HYPERLINK(\"http://x\")", "mon-fri", "09:00",
+                                     "18:00", "user", 3, "2026-03-04T11:00:00+00:00")
+    assert entry_row(ENTRIES[1]) == ("allow", "+393471234567", "-Bianchi, Anna", "", "", "", "user", 0, "")
+
+
+def test_export_csv_neutralises_every_cell() -> None:
+    text = export_csv(entry_row(e) for e in ENTRIES)
+    assert text.startswith("list,pattern,label,days,from,to,source,hits,last_hit\r\n")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert tuple(rows[0]) == EXPORT_COLUMNS
+    assert rows[1] == ["block", "'+390212345678", "'=HYPERLINK(\"http://x\")", "mon-fri", "09:00", "18:00", "user",
+                       "3", "2026-03-04T11:00:00+00:00"]
+    assert rows[2][:3] == ["allow", "'+393471234567", "'-Bianchi, Anna"]
+    assert rows[3][:3] == ["screen", "class:foreign", "'@foreign"]
+    assert rows[5][2] == "'\tpremium"
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+
+
+def test_export_then_import_keeps_patterns_and_labels() -> None:
+    text = export_csv(entry_row(e) for e in ENTRIES)
+    report = parse_csv(text, "IT")
+    assert report.errors == []
+    assert report.rows == [(e.pattern, e.label) for e in ENTRIES]
+    assert parse_csv(text.encode("utf-8"), "IT") == report
+
+
+def test_export_of_nothing_is_the_header() -> None:
+    assert export_csv([]) == ",".join(EXPORT_COLUMNS) + "\r\n"
+    assert parse_csv(export_csv([]), "IT").rows == []
