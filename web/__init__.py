@@ -1,0 +1,92 @@
+"""The dashboard: the Flask app factory, and the waitress server that runs it in production.
+
+`create_app(cfg)` builds the app; `make_server(cfg)` binds a waitress server (cfg.web.host:port, 127.0.0.1
+unless configured) without running it; `serve(cfg, stop=event)` runs it until the event is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from screener.config import Config
+from screener.store import Store
+from web import db as db_mod
+
+csrf = CSRFProtect()
+log = logging.getLogger(__name__)
+
+
+def create_app(cfg: Config | None = None, *, store: Store | None = None, testing: bool = False) -> Flask:
+    """Build the dashboard for `cfg` (defaults if None) on `store` (opened from cfg.database.url if None)."""
+    from web import auth, calls, format, i18n, labels, lists, numbers, overview, prompts, security, settings, voicemail
+
+    cfg = cfg or Config()
+    if store is None:
+        store = Store(db_mod.database_url_of(cfg))
+    app = Flask(__name__)
+    app.config.update(DEBUG=False, TESTING=testing, WTF_CSRF_TIME_LIMIT=None, JSON_SORT_KEYS=False)
+    app.secret_key = security.load_secret(cfg, db_mod.data_path_of(cfg))
+    security.init_app(app)
+    csrf.init_app(app)
+    db_mod.init_app(app, cfg, store)
+    i18n.init_app(app)
+    format.init_app(app)
+    labels.init_app(app)
+    auth.init_app(app)
+    for module in (overview, calls, numbers, lists, voicemail, prompts, settings):
+        module.init_app(app)
+    _errors(app)
+    return app
+
+
+def _errors(app: Flask) -> None:
+    def page(code: int, message: str) -> tuple[str, int]:
+        return render_template("error.html", code=code, message=message), code
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(e: CSRFError) -> tuple[str, int]:
+        from flask_babel import gettext as _
+
+        return page(400, _("The form expired or did not come from this site. Reload the page and try again."))
+
+    for code in (400, 401, 403, 404, 405, 413):
+        app.register_error_handler(code, lambda e, code=code: page(code, e.description))
+
+
+def make_server(cfg: Config, *, store: Store | None = None, app: Flask | None = None, threads: int = 8) -> Any:
+    """A bound, not yet running waitress server for the dashboard; `.effective_port` is the real port."""
+    from waitress import create_server
+
+    app = app or create_app(cfg, store=store)
+    return create_server(app, host=cfg.web.host, port=cfg.web.port, threads=threads, ident="screener",
+                         clear_untrusted_proxy_headers=True)
+
+
+def serve(cfg: Config, *, store: Store | None = None, stop: threading.Event | None = None) -> None:
+    """Run the dashboard under waitress until `stop` is set (or for ever); blocks the calling thread."""
+    server = make_server(cfg, store=store)
+    log.info("dashboard on http://%s:%s/", server.effective_host, server.effective_port)
+    if stop is not None:
+        threading.Thread(target=_stop_when_set, args=(server, stop), name="web-stop", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        server.task_dispatcher.shutdown()
+
+
+def _stop_when_set(server: Any, stop: threading.Event) -> None:
+    stop.wait()
+    stop_server(server)
+
+
+def stop_server(server: Any) -> None:
+    """Make a running waitress server's loop return: close its sockets; pending requests are cancelled."""
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown(timeout=5)
+    wasyncore.close_all(server._map)

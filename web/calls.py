@@ -1,0 +1,179 @@
+"""The call log: newest first, filtered by date, outcome, decision and number or name, keyset-paginated.
+
+Pages are cut on (started_at, id), so a page deep in a million rows costs as much as the first one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, render_template, request
+from flask_babel import gettext as _
+from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from screener.numbers import parse_caller
+from screener.rules import normalize_pattern
+from screener.store import OUTCOMES, Call, ListEntry
+from web import db
+from web.format import local_day_start, zone
+
+bp = Blueprint("calls", __name__)
+PAGE_SIZE = 50
+DECISIONS = ("allow", "block", "screen")
+_SEPARATORS = re.compile(r"[\s\-.()/]")
+_CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+)_(\d{1,18})")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the log: the (started_at, id) of a row."""
+
+    started_at: datetime
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.started_at.astimezone(UTC).replace(tzinfo=None).isoformat()}_{self.id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        m = _CURSOR.fullmatch(text or "")
+        if not m:
+            return None
+        try:
+            return cls(datetime.fromisoformat(m[1]).replace(tzinfo=UTC), int(m[2]))
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The log's filters as the user gave them, already checked."""
+
+    day_from: date | None = None
+    day_to: date | None = None
+    outcome: str = ""
+    decision: str = ""
+    q: str = ""
+    errors: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_args(cls, args: Any) -> CallFilter:
+        errors: list[str] = []
+
+        def day(name: str) -> date | None:
+            text = (args.get(name) or "").strip()
+            if not text:
+                return None
+            try:
+                return date.fromisoformat(text)
+            except ValueError:
+                errors.append(_("Dates must look like 2025-01-31."))
+                return None
+
+        outcome = args.get("outcome", "")
+        decision = args.get("decision", "")
+        return cls(day("from"), day("to"), outcome if outcome in OUTCOMES else "",
+                   decision if decision in DECISIONS else "", (args.get("q") or "").strip()[:100], tuple(errors))
+
+    def args(self) -> dict[str, str]:
+        """The filter as query arguments (for links that keep it)."""
+        out = {"from": self.day_from.isoformat() if self.day_from else "",
+               "to": self.day_to.isoformat() if self.day_to else "",
+               "outcome": self.outcome, "decision": self.decision, "q": self.q}
+        return {k: v for k, v in out.items() if v}
+
+
+def text_condition(q: str, region: str) -> ColumnElement[bool] | None:
+    """A number (whole or its start) matches E.164 numbers through the (e164, started_at) index; other text
+    matches names and raw caller IDs as a substring, with LIKE wildcards taken literally."""
+    if not q:
+        return None
+    compact = _SEPARATORS.sub("", q)
+    if re.fullmatch(r"\+?\d{2,16}", compact):
+        caller = parse_caller(compact, region)
+        if caller.valid and caller.e164:
+            return Call.e164 == caller.e164
+        try:
+            prefix = normalize_pattern(compact + "*", region)[:-1]
+        except ValueError:
+            prefix = ""
+        if len(prefix) > 1:
+            # ":" sorts right after "9": a half-open range over the index instead of LIKE, which SQLite
+            # would not run on the index for a case-insensitive column.
+            return and_(Call.e164 >= prefix, Call.e164 < prefix + ":")
+    return or_(Call.name.icontains(q, autoescape=True), Call.caller_raw.icontains(q, autoescape=True))
+
+
+def filtered(f: CallFilter, region: str) -> Select[tuple[Call]]:
+    """The log query for `f`, without order or page."""
+    stmt = select(Call)
+    tz = zone()
+    if f.day_from:
+        stmt = stmt.where(Call.started_at >= local_day_start(f.day_from, tz))
+    if f.day_to:
+        stmt = stmt.where(Call.started_at < local_day_start(f.day_to + timedelta(days=1), tz))
+    if f.outcome:
+        stmt = stmt.where(Call.outcome == f.outcome)
+    if f.decision:
+        stmt = stmt.where(Call.decision == f.decision)
+    cond = text_condition(f.q, region)
+    if cond is not None:
+        stmt = stmt.where(cond)
+    return stmt
+
+
+def page(s: Session, stmt: Select[tuple[Call]], *, before: Cursor | None = None, after: Cursor | None = None,
+         size: int = PAGE_SIZE) -> tuple[list[Call], Cursor | None, Cursor | None]:
+    """One page of `stmt`, newest first, and the cursors for the older and newer pages (None at an end)."""
+    if after is not None:
+        # Walk forward from the cursor, then flip: the newer page, still shown newest first.
+        stmt = stmt.where(Call.started_at >= after.started_at,
+                          or_(Call.started_at > after.started_at, Call.id > after.id))
+        rows = list(s.scalars(stmt.order_by(Call.started_at, Call.id).limit(size + 1)))
+        more_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        newer = _cursor(rows[0]) if more_newer and rows else None
+        older = _cursor(rows[-1]) if rows else None
+        return rows, older, newer
+    if before is not None:
+        stmt = stmt.where(Call.started_at <= before.started_at,
+                          or_(Call.started_at < before.started_at, Call.id < before.id))
+    rows = list(s.scalars(stmt.order_by(Call.started_at.desc(), Call.id.desc()).limit(size + 1)))
+    older = _cursor(rows[size - 1]) if len(rows) > size else None
+    rows = rows[:size]
+    newer = _cursor(rows[0]) if before is not None and rows else None
+    return rows, older, newer
+
+
+def _cursor(c: Call) -> Cursor:
+    return Cursor(c.started_at, c.id)
+
+
+def current_lists(s: Session, numbers: Sequence[str | None]) -> dict[str, str]:
+    """Which list each of these numbers is on now (exact entries only), in one IN query."""
+    wanted = sorted({n for n in numbers if n})
+    if not wanted:
+        return {}
+    return dict(s.execute(select(ListEntry.pattern, ListEntry.list).where(ListEntry.pattern.in_(wanted))).all())
+
+
+@bp.get("/calls")
+def index() -> str:
+    """The call log."""
+    cfg = db.config()
+    f = CallFilter.from_args(request.args)
+    s = db.session()
+    rows, older, newer = page(s, filtered(f, cfg.screening.region),
+                              before=Cursor.parse(request.args.get("before")),
+                              after=Cursor.parse(request.args.get("after")))
+    return render_template("calls.html", calls=rows, f=f, older=older, newer=newer, outcomes=OUTCOMES,
+                           decisions=DECISIONS, on_list=current_lists(s, [c.e164 for c in rows]))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,72 @@
+"""The dashboard's database access: one session per request, opened lazily on `g` and closed on teardown.
+
+GET requests read in a deferred transaction; other methods get an immediate (write) session, committed after
+the view returned a non-error response so that a failed commit still becomes a 500 the user sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, Response, current_app, g, request
+from sqlalchemy.orm import Session
+
+from screener.config import Config
+from screener.store import Store
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def init_app(app: Flask, cfg: Config, store: Store) -> None:
+    """Attach the config and store to `app` and register the session lifecycle hooks."""
+    app.extensions["screener.config"] = cfg
+    app.extensions["screener.store"] = store
+    app.after_request(_commit)
+    app.teardown_appcontext(_close)
+
+
+def config() -> Config:
+    return current_app.extensions["screener.config"]  # type: ignore[no-any-return]
+
+
+def store() -> Store:
+    return current_app.extensions["screener.store"]  # type: ignore[no-any-return]
+
+
+def session() -> Session:
+    """The request's session; write requests take the write lock up front (BEGIN IMMEDIATE on SQLite)."""
+    s: Session | None = g.get("db_session")
+    if s is None:
+        writing = request.method not in _SAFE_METHODS
+        s = store().session_factory(writing=writing)()
+        s.begin()
+        g.db_session = s
+    return s
+
+
+def _commit(response: Response) -> Response:
+    s: Session | None = g.get("db_session")
+    if s is not None and s.in_transaction() and response.status_code < 400 and request.method not in _SAFE_METHODS:
+        s.commit()
+    return response
+
+
+def _close(_exc: BaseException | None) -> None:
+    s: Session | None = g.pop("db_session", None)
+    if s is not None:
+        s.close()  # rolls back whatever was not committed
+
+
+def data_path() -> Path:
+    """The data directory (voicemail, custom prompts, the generated secret)."""
+    return data_path_of(config())
+
+
+def data_path_of(cfg: Config) -> Path:
+    explicit = getattr(cfg, "data_path", None)
+    return Path(explicit) if explicit is not None else cfg.resolve(cfg.data_dir)
+
+
+def database_url_of(cfg: Config) -> str:
+    explicit = getattr(cfg, "database_url", None)
+    return str(explicit) if explicit else cfg.database.url

@@ -1,0 +1,65 @@
+"""Template filters: local times, phone numbers, durations. Pure apart from reading the configured zone."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from flask import Flask
+
+from screener.numbers import national_format
+from web import db
+
+
+def zone() -> ZoneInfo:
+    return _zone(db.config().screening.timezone)
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """An aware UTC datetime shown in the configured zone."""
+    if value is None:
+        return ""
+    return value.astimezone(zone()).strftime(fmt)
+
+
+@lru_cache(maxsize=4096)
+def national(e164: str | None) -> str:
+    """"+390212345678" -> "02 1234 5678"; anything unparsable comes back unchanged."""
+    if not e164:
+        return ""
+    try:
+        return national_format(e164)
+    except ValueError:
+        return e164
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def local_day_start(day: date, tz: ZoneInfo) -> datetime:
+    """The UTC-aware instant at which local `day` starts."""
+    return datetime.combine(day, time(0, 0), tz)
+
+
+def range_prefixes(e164: str) -> list[str]:
+    """The range patterns worth offering for a number: without its last 2 and last 3 digits."""
+    digits = len(e164) - 1
+    return [e164[:-n] + "*" for n in (2, 3) if digits - n >= 5]
+
+
+def init_app(app: Flask) -> None:
+    app.add_template_filter(localtime)
+    app.add_template_filter(national)
+    app.add_template_filter(duration)
+    app.add_template_global(range_prefixes)
+    app.add_template_global(timedelta)

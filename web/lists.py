@@ -1,0 +1,256 @@
+"""The allow, block and screen lists: browse, add, edit, delete, presets, CSV import and export, range
+suggestions, and the one-click block/allow (with undo) the log and number pages use."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, Response, abort, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+from sqlalchemy import distinct, func, or_, select
+from sqlalchemy.orm import Session
+
+from screener import csvio
+from screener.presets import PRESETS
+from screener.rules import ACTIONS, CLASSES, format_days, make_window, normalize_pattern, window_from_mask
+from screener.store import Call, ListEntry, bulk_put, put_entry, remove_entry, utcnow
+from web import db
+from web.auth import _safe_next
+
+bp = Blueprint("lists", __name__, url_prefix="/lists")
+PAGE_SIZE = 100
+MAX_REPORTED_ERRORS = 500
+
+
+def snapshot(entry: ListEntry | None) -> dict[str, Any] | None:
+    """What undo needs to put an entry back as it was (JSON-able, it lives in the session cookie)."""
+    if entry is None:
+        return None
+    return {"list": entry.list, "label": entry.label, "source": entry.source, "days": entry.days,
+            "time_from": entry.time_from, "time_to": entry.time_to, "hit_count": entry.hit_count,
+            "last_hit_at": entry.last_hit_at.isoformat() if entry.last_hit_at else None}
+
+
+def restore(s: Session, pattern: str, snap: dict[str, Any] | None) -> None:
+    """Put `pattern` back as `snap` described it (None: it was on no list)."""
+    if snap is None:
+        remove_entry(s, pattern)
+        return
+    window = window_from_mask(snap["days"], snap["time_from"], snap["time_to"])
+    entry = put_entry(s, snap["list"], pattern, label=snap["label"][:200], source=snap["source"][:40],
+                      window=window)
+    entry.hit_count = int(snap["hit_count"])
+    entry.last_hit_at = datetime.fromisoformat(snap["last_hit_at"]) if snap["last_hit_at"] else None
+
+
+def _entry(s: Session, pattern: str) -> ListEntry | None:
+    return s.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
+
+
+def _back(default: str = "lists.index") -> Response:
+    return redirect(_safe_next(request.form.get("next")) or url_for(default))
+
+
+def _remember_undo(pattern: str, before: dict[str, Any] | None) -> None:
+    session["undo"] = {"pattern": pattern, "before": before}
+
+
+def range_suggestions(s: Session, since: datetime, *, drop: int = 3, min_calls: int = 3,
+                      limit: int = 10) -> list[tuple[str, int, int]]:
+    """Ranges (number minus its last `drop` digits) with at least `min_calls` calls from two or more numbers
+    since `since`, not already allowed or blocked as a whole: (pattern, calls, numbers), busiest first."""
+    prefix = func.substr(Call.e164, 1, func.length(Call.e164) - drop)
+    rows = s.execute(
+        select(prefix.label("p"), func.count().label("n"), func.count(distinct(Call.e164)).label("k"))
+        .where(Call.started_at >= since, Call.e164.is_not(None), Call.decision != "allow")
+        .group_by(prefix)
+        .having(func.count(distinct(Call.e164)) >= 2, func.count() >= min_calls)
+        .order_by(func.count().desc())
+        .limit(limit * 3)
+    ).all()
+    candidates = {p: [p[:i] + "*" for i in range(len(p), 2, -1)] for p, _n, _k in rows if p and len(p) > 4}
+    wanted = {c for cs in candidates.values() for c in cs}
+    covered = set(s.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_(wanted),
+                                                            ListEntry.list.in_(("allow", "block"))))) \
+        if wanted else set()
+    out = [(p + "*", n, k) for p, n, k in rows if p in candidates and not covered & set(candidates[p])]
+    return out[:limit]
+
+
+@bp.get("")
+def index() -> str:
+    """The lists, filtered by list and text, paged by pattern."""
+    s = db.session()
+    which = request.args.get("list", "")
+    q = (request.args.get("q") or "").strip()[:100]
+    after = request.args.get("after", "")
+    stmt = select(ListEntry)
+    if which in ACTIONS:
+        stmt = stmt.where(ListEntry.list == which)
+    if q:
+        stmt = stmt.where(or_(ListEntry.pattern.icontains(q, autoescape=True),
+                              ListEntry.label.icontains(q, autoescape=True)))
+    if after:
+        stmt = stmt.where(ListEntry.pattern > after)
+    entries = list(s.scalars(stmt.order_by(ListEntry.pattern).limit(PAGE_SIZE + 1)))
+    more = entries[PAGE_SIZE - 1].pattern if len(entries) > PAGE_SIZE else None
+    counts = dict(s.execute(select(ListEntry.list, func.count()).group_by(ListEntry.list)).all())
+    return render_template(
+        "lists.html", entries=entries[:PAGE_SIZE], more=more, which=which, q=q, after=after, counts=counts,
+        presets=PRESETS, classes=CLASSES, actions=ACTIONS,
+        suggestions=range_suggestions(s, utcnow() - timedelta(days=30)),
+        report=None,
+    )
+
+
+def _form_entry(region: str) -> tuple[str, str, str, Any]:
+    """(list, pattern, label, window) from the add/edit form; raises ValueError with the user's message."""
+    which = request.form.get("list", "")
+    if which not in ACTIONS:
+        raise ValueError(_("Choose the allow, block or screen list."))
+    pattern = normalize_pattern(request.form.get("pattern", ""), region)
+    label = " ".join(request.form.get("label", "").split())[:200]
+    window = make_window(request.form.get("days", "").strip() or None, request.form.get("time_from", "").strip(),
+                         request.form.get("time_to", "").strip())
+    return which, pattern, label, window
+
+
+@bp.post("/add")
+def add() -> Response:
+    """Add a number, prefix or class to a list (or move it there)."""
+    s = db.session()
+    try:
+        which, pattern, label, window = _form_entry(db.config().screening.region)
+    except ValueError as e:
+        flash(str(e), "error")
+        return _back()
+    before = snapshot(_entry(s, pattern))
+    put_entry(s, which, pattern, label=label, source="dashboard", window=window)
+    _remember_undo(pattern, before)
+    flash(_("%(p)s is on the %(l)s.", p=pattern, l=_list_name(which)), "undo")
+    return _back()
+
+
+@bp.route("/<int:entry_id>/edit", methods=["GET", "POST"])
+def edit(entry_id: int) -> str | Response:
+    """Change an entry's list, pattern, label or time window."""
+    s = db.session()
+    entry = s.get(ListEntry, entry_id) or abort(404)
+    if request.method == "GET":
+        w = entry.window
+        return render_template("list_edit.html", e=entry, actions=ACTIONS, days=format_days(w.days) if w else "")
+    try:
+        which, pattern, label, window = _form_entry(db.config().screening.region)
+    except ValueError as e:
+        flash(str(e), "error")
+        return redirect(url_for("lists.edit", entry_id=entry_id))
+    if pattern != entry.pattern and _entry(s, pattern) is not None:
+        flash(_("%(p)s already has an entry; edit that one instead.", p=pattern), "error")
+        return redirect(url_for("lists.edit", entry_id=entry_id))
+    entry.pattern = pattern
+    put_entry(s, which, pattern, label=label, source=entry.source, window=window)
+    flash(_("Saved %(p)s.", p=pattern), "info")
+    return redirect(url_for("lists.index", list=which))
+
+
+@bp.post("/<int:entry_id>/delete")
+def delete(entry_id: int) -> Response:
+    """Delete an entry (undoable)."""
+    s = db.session()
+    entry = s.get(ListEntry, entry_id) or abort(404)
+    pattern = entry.pattern
+    _remember_undo(pattern, snapshot(entry))
+    s.delete(entry)
+    flash(_("Removed %(p)s.", p=pattern), "undo")
+    return _back()
+
+
+@bp.post("/quick")
+def quick() -> Response:
+    """One click from the log or a number page: put a number or range on the allow or block list.
+
+    The form's button carries `op` = "block +390212345678" or "allow ...", so one form serves a whole row."""
+    s = db.session()
+    which, _sep, text = request.form.get("op", "").partition(" ")
+    if which not in ("allow", "block"):
+        abort(400)
+    try:
+        pattern = normalize_pattern(text, db.config().screening.region)
+    except ValueError as e:
+        flash(str(e), "error")
+        return _back("calls.index")
+    existing = _entry(s, pattern)
+    before = snapshot(existing)
+    put_entry(s, which, pattern, label=existing.label if existing else "", source="dashboard")
+    _remember_undo(pattern, before)
+    flash(_("%(p)s is on the %(l)s.", p=pattern, l=_list_name(which)), "undo")
+    return _back("calls.index")
+
+
+@bp.post("/undo")
+def undo() -> Response:
+    """Undo the last list change made from the dashboard."""
+    last = session.pop("undo", None)
+    if not last:
+        flash(_("Nothing to undo."), "info")
+        return _back()
+    s = db.session()
+    pattern = last["pattern"]
+    restore(s, pattern, last["before"])
+    flash(_("Undone: %(p)s is back as it was.", p=pattern), "info")
+    return _back()
+
+
+@bp.post("/preset")
+def preset() -> Response:
+    """Apply a preset; patterns that already have an entry keep the user's choice."""
+    name = request.form.get("preset", "")
+    p = PRESETS.get(name) or abort(400)
+    s = db.session()
+    existing = set(s.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_([e.pattern for e in p.entries]))))
+    added = 0
+    for e in p.entries:
+        if e.pattern not in existing:
+            put_entry(s, e.list, e.pattern, label=e.label, source=f"preset {name}")
+            added += 1
+    flash(_("Preset applied: %(a)d added, %(k)d already had an entry.", a=added, k=len(p.entries) - added), "info")
+    return redirect(url_for("lists.index"))
+
+
+@bp.post("/import")
+def import_csv() -> str | Response:
+    """Import a CSV into a list: good rows are imported, bad rows reported with line and reason."""
+    which = request.form.get("list", "")
+    upload = request.files.get("file")
+    if which not in ACTIONS or upload is None or not upload.filename:
+        flash(_("Choose a list and a CSV file."), "error")
+        return redirect(url_for("lists.index"))
+    report = csvio.parse_csv(upload.read(), db.config().screening.region)
+    s = db.session()
+    count = bulk_put(s, which, report.rows, source="csv import")
+    s.flush()
+    return render_template("import_report.html", count=count, which=which, filename=upload.filename,
+                           errors=report.errors[:MAX_REPORTED_ERRORS], more_errors=len(report.errors))
+
+
+@bp.get("/export.csv")
+def export() -> Response:
+    """Every entry of every list as CSV, cells neutralised against spreadsheet formulas."""
+    s = db.session()
+    entries = s.scalars(select(ListEntry).order_by(ListEntry.list, ListEntry.pattern).execution_options(
+        yield_per=2000))
+    body = csvio.export_csv(csvio.entry_row(e) for e in entries)
+    stamp = utcnow().strftime("%Y%m%d")
+    return Response(body, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="screener-lists-{stamp}.csv"'})
+
+
+def _list_name(which: str) -> str:
+    from web.labels import label
+
+    return label("list", which)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

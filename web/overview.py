@@ -1,0 +1,75 @@
+"""The overview: registration status, today's calls by outcome, blocked this week, 30 days as a chart,
+the latest voicemails."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+from flask import Blueprint, Flask, render_template
+from flask_babel import gettext as _
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from screener.store import OUTCOMES, Call, get_sip_status, utcnow
+from web import db
+from web.chart import stacked_bars
+from web.format import local_day_start, zone
+from web.labels import label
+
+bp = Blueprint("overview", __name__)
+
+
+def outcome_counts(s: Session, since: datetime) -> dict[str, int]:
+    """Calls since `since` by outcome; `outcome IN (...)` keeps SQLite on the (outcome, started_at) index."""
+    rows = s.execute(select(Call.outcome, func.count()).where(Call.outcome.in_(OUTCOMES), Call.started_at >= since)
+                     .group_by(Call.outcome)).all()
+    return {o: n for o, n in rows}
+
+
+def per_day(s: Session, first: date, days: int) -> dict[str, list[int]]:
+    """Calls per local day by outcome for `days` days from `first`: counted per UTC hour in SQL, then placed
+    on local days here, which stays right across daylight-saving changes."""
+    tz = zone()
+    since = local_day_start(first, tz)
+    if s.get_bind().dialect.name == "postgresql":
+        hour = func.to_char(Call.started_at, "YYYY-MM-DD HH24")
+    else:
+        hour = func.strftime("%Y-%m-%d %H", Call.started_at)
+    rows = s.execute(select(hour, Call.outcome, func.count())
+                     .where(Call.outcome.in_(OUTCOMES), Call.started_at >= since).group_by(hour, Call.outcome)).all()
+    out = {o: [0] * days for o in OUTCOMES}
+    for h, outcome, n in rows:
+        local_day = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC).astimezone(tz).date()
+        i = (local_day - first).days
+        if 0 <= i < days:
+            out[outcome][i] += n
+    return out
+
+
+@bp.get("/")
+def index() -> str:
+    """The overview page."""
+    s = db.session()
+    tz = zone()
+    today = utcnow().astimezone(tz).date()
+    week_start = today - timedelta(days=today.weekday())
+    today_counts = outcome_counts(s, local_day_start(today, tz))
+    blocked_week = outcome_counts(s, local_day_start(week_start, tz)).get("blocked", 0)
+    first = today - timedelta(days=29)
+    counts = per_day(s, first, 30)
+    days = [first + timedelta(days=i) for i in range(30)]
+    series = [(o, label("outcome", o), counts[o]) for o in OUTCOMES if any(counts[o])]
+    chart = stacked_bars(days, series, title=_("Calls per day by outcome, last 30 days"))
+    # Bounded to 90 days: there is no index on voicemail_path, and a scan of all history would not be.
+    voicemails = list(s.scalars(select(Call).where(Call.voicemail_path.is_not(None),
+                                                   Call.started_at >= utcnow() - timedelta(days=90))
+                                .order_by(Call.started_at.desc(), Call.id.desc()).limit(5)))
+    return render_template("overview.html", status=get_sip_status(s), today=Counter(today_counts),
+                           today_total=sum(today_counts.values()), blocked_week=blocked_week, chart=chart,
+                           series=series, voicemails=voicemails, today_date=today.isoformat(), outcomes=OUTCOMES,
+                           total_30=sum(sum(c) for c in counts.values()))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,74 @@
+"""Voicemail: the list, an authenticated audio route, mark heard, delete (the file too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask_babel import gettext as _
+from sqlalchemy import select
+
+from screener.store import Call
+from web import db
+from web.auth import _safe_next
+from web.calls import Cursor, page
+
+bp = Blueprint("voicemail", __name__, url_prefix="/voicemail")
+
+
+def voicemail_file(call: Call) -> Path | None:
+    """The recording's path, only if it lies inside the data directory (a row cannot point elsewhere)."""
+    if not call.voicemail_path:
+        return None
+    root = db.data_path().resolve()
+    path = Path(call.voicemail_path)
+    path = (path if path.is_absolute() else root / path).resolve()
+    return path if path.is_relative_to(root) else None
+
+
+@bp.get("")
+def index() -> str:
+    """Voicemails, newest first; unheard ones first is the user's choice via the filter."""
+    s = db.session()
+    stmt = select(Call).where(Call.voicemail_path.is_not(None))
+    unheard = request.args.get("unheard") == "1"
+    if unheard:
+        stmt = stmt.where(Call.voicemail_heard.is_(False))
+    rows, older, newer = page(s, stmt, before=Cursor.parse(request.args.get("before")),
+                              after=Cursor.parse(request.args.get("after")), size=25)
+    return render_template("voicemail.html", calls=rows, older=older, newer=newer, unheard=unheard)
+
+
+@bp.get("/<int:call_id>/audio")
+def audio(call_id: int) -> Response:
+    """The recording as WAV, with range support for seeking."""
+    call = db.session().get(Call, call_id) or abort(404)
+    path = voicemail_file(call)
+    if path is None or not path.is_file():
+        abort(404)
+    return send_file(path, mimetype="audio/wav", conditional=True, max_age=0)
+
+
+@bp.post("/<int:call_id>/heard")
+def heard(call_id: int) -> Response:
+    """Mark a voicemail heard (or unheard again)."""
+    call = db.session().get(Call, call_id) or abort(404)
+    call.voicemail_heard = request.form.get("heard", "1") == "1"
+    return redirect(_safe_next(request.form.get("next")) or url_for("voicemail.index"))
+
+
+@bp.post("/<int:call_id>/delete")
+def delete(call_id: int) -> Response:
+    """Delete the recording (the call stays in the log)."""
+    call = db.session().get(Call, call_id) or abort(404)
+    path = voicemail_file(call)
+    if path is not None:
+        path.unlink(missing_ok=True)
+    call.voicemail_path = None
+    call.voicemail_heard = True
+    flash(_("Voicemail deleted."), "info")
+    return redirect(_safe_next(request.form.get("next")) or url_for("voicemail.index"))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
