@@ -37,8 +37,9 @@ OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challen
             "over_capacity", "interrupted")
 
 
-# the number, each of its prefixes (E.164 has at most 15 digits) and every class
-_MAX_CANDIDATES = 1 + 16 + len(CLASSES)
+# the number, each of its prefixes and every class; parse_caller gives invalid numbers up to 20 digits
+# (a 3-digit country code and a 17-digit national number), not only E.164's 15
+_MAX_CANDIDATES = 1 + 20 + len(CLASSES)
 _RULES_SQL = ("SELECT id, list, pattern, label, days, time_from, time_to, source FROM list_entries"
               " WHERE pattern IN ({marks})")  # only placeholders are formatted in
 
