@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from flask import Flask
+from markupsafe import Markup
 
 from screener.numbers import national_format
 from web import db
@@ -57,7 +59,19 @@ def range_prefixes(e164: str) -> list[str]:
     return [e164[:-n] + "*" for n in (2, 3) if digits - n >= 5]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> object:
+    """Jinja's finalize: drop control characters from every string a template prints (caller names come from
+    the network); Markup built by the app passes untouched."""
+    if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
+        return _CONTROL.sub("", value)
+    return value
+
+
 def init_app(app: Flask) -> None:
+    app.jinja_env.finalize = printable
     app.add_template_filter(localtime)
     app.add_template_filter(national)
     app.add_template_filter(duration)

@@ -1,0 +1,149 @@
+"""The Lists page: add, edit, delete with undo, presets, CSV import with a per-row report, export, suggestions."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from screener import store
+from screener.presets import PRESETS
+from screener.store import ListEntry
+
+
+def entry(st: store.Store, pattern: str) -> ListEntry | None:
+    with st.read() as s:
+        return s.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
+
+
+def test_add_with_window_edit_delete_undo(auth: Any, web_store: store.Store) -> None:
+    r = auth.post("/lists/add", {"list": "block", "pattern": "0844 123*", "label": "sales", "days": "mon-fri",
+                                 "time_from": "09:00", "time_to": "20:00"})
+    assert r.status_code == 302
+    e = entry(web_store, "+390844123*")
+    assert e is not None and (e.list, e.label, e.days, e.time_from, e.time_to, e.source) == \
+        ("block", "sales", 0b11111, "09:00", "20:00", "dashboard")
+    body = auth.get("/lists").get_data(as_text=True)
+    assert "+390844123*" in body and "mon-fri 09:00-20:00" in body
+    edit = auth.get(f"/lists/{e.id}/edit").get_data(as_text=True)
+    assert 'value="mon-fri"' in edit and 'value="sales"' in edit
+    auth.post(f"/lists/{e.id}/edit", {"list": "screen", "pattern": "0844 123*", "label": "maybe", "days": "",
+                                       "time_from": "", "time_to": ""})
+    e = entry(web_store, "+390844123*")
+    assert (e.list, e.label, e.days) == ("screen", "maybe", None)
+    auth.post(f"/lists/{e.id}/delete")
+    assert entry(web_store, "+390844123*") is None
+    auth.post("/lists/undo")
+    e = entry(web_store, "+390844123*")
+    assert e is not None and (e.list, e.label) == ("screen", "maybe")
+
+
+@pytest.mark.parametrize("form, message", [
+    ({"list": "block", "pattern": "hello"}, "not a phone number"),
+    ({"list": "block", "pattern": "02*x"}, "not a phone number"),
+    ({"list": "nope", "pattern": "0212345678"}, "Choose the allow, block or screen list."),
+    ({"list": "block", "pattern": "0212345678", "time_from": "9"}, "needs both from and to"),
+    ({"list": "block", "pattern": "0212345678", "time_from": "25:00", "time_to": "26:00"}, "HH:MM"),
+])
+def test_add_reports_bad_input(auth: Any, web_store: store.Store, form: dict[str, str], message: str) -> None:
+    r = auth.post("/lists/add", form, follow_redirects=True)
+    assert message in r.get_data(as_text=True)
+    with web_store.read() as s:
+        assert store.count_entries(s) == 0
+
+
+def test_edit_to_an_existing_pattern_is_refused(auth: Any, web_store: store.Store) -> None:
+    with web_store.write() as s:
+        a = store.put_entry(s, "block", "+390212345678")
+        store.put_entry(s, "allow", "+390212345679")
+        a_id = a.id
+    r = auth.post(f"/lists/{a_id}/edit", {"list": "block", "pattern": "+390212345679"}, follow_redirects=True)
+    assert "already has an entry" in r.get_data(as_text=True)
+    assert entry(web_store, "+390212345679").list == "allow"
+
+
+@pytest.mark.parametrize("label", ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'])
+def test_labels_are_escaped(auth: Any, web_store: store.Store, label: str) -> None:
+    auth.post("/lists/add", {"list": "block", "pattern": "0212345678", "label": label})
+    body = auth.get("/lists").get_data(as_text=True)
+    assert "<script>alert" not in body and "<img src=x" not in body
+    assert "&lt;" in body
+
+
+def test_apply_preset_keeps_user_choices(auth: Any, web_store: store.Store) -> None:
+    with web_store.write() as s:
+        store.put_entry(s, "allow", "+390844*", label="mine")
+    r = auth.post("/lists/preset", {"preset": "it"}, follow_redirects=True)
+    n = len(PRESETS["it"].entries)
+    assert f"{n - 1} added, 1 already had an entry" in r.get_data(as_text=True)
+    assert entry(web_store, "+390844*").list == "allow"
+    assert entry(web_store, "class:foreign").source == "preset it"
+    assert auth.post("/lists/preset", {"preset": "nope"}).status_code == 400
+
+
+def test_csv_import_reports_bad_rows_and_imports_good_ones(auth: Any, web_store: store.Store) -> None:
+    data = "numero;descrizione\n02 1234 5678;pizzeria\nnot a number;x\n0844*;sales\n\n+39 347 123 4567;<b>b</b>\n"
+    r = auth.post("/lists/import", {"list": "block", "file": (io.BytesIO(data.encode()), "list.csv")},
+                  content_type="multipart/form-data")
+    body = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert "3 entries imported into the block list from list.csv" in body
+    assert "1 row was not imported" in body
+    assert '<td class="num">3</td>' in body and "not a phone number" in body
+    assert entry(web_store, "+390212345678").label == "pizzeria"
+    assert entry(web_store, "+393471234567").label == "<b>b</b>"
+    assert entry(web_store, "+390844*").source == "csv import"
+
+
+def test_csv_import_needs_a_file(auth: Any) -> None:
+    r = auth.post("/lists/import", {"list": "block"}, content_type="multipart/form-data", follow_redirects=True)
+    assert "Choose a list and a CSV file." in r.get_data(as_text=True)
+
+
+def test_csv_export_neutralises_formulas(auth: Any, web_store: store.Store) -> None:
+    with web_store.write() as s:
+        store.put_entry(s, "block", "+390212345678", label="=HYPERLINK(\"http://x\")")
+        store.put_entry(s, "allow", "class:withheld", label="@SUM(A1)")
+    r = auth.get("/lists/export.csv")
+    assert r.mimetype == "text/csv"
+    assert "attachment" in r.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(r.get_data(as_text=True))))
+    assert rows[0][:3] == ["list", "pattern", "label"]
+    cells = [c for row in rows[1:] for c in row]
+    assert all(not c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert "'=HYPERLINK(\"http://x\")" in cells and "'+390212345678" in cells
+
+
+def test_suggestions_offer_busy_ranges(auth: Any, add_call: Callable[..., int], web_store: store.Store) -> None:
+    for i in range(4):
+        add_call(f"+39021234{i:04d}", ago=timedelta(days=i))
+    add_call("+390299999999", ago=timedelta(days=40))
+    body = auth.get("/lists").get_data(as_text=True)
+    assert "4 calls from 4 numbers in +390212340* in 30 days" in body
+    auth.post("/lists/quick", {"op": "block +390212340*"})
+    assert "in +390212340* in 30 days" not in auth.get("/lists").get_data(as_text=True)
+
+
+def test_list_filter_search_and_pages(auth: Any, web_store: store.Store) -> None:
+    with web_store.write() as s:
+        store.bulk_put(s, "block", [(f"+3902{i:08d}", f"label {i}") for i in range(150)], source="t")
+        store.put_entry(s, "allow", "+393471234567", label="mum")
+    body = auth.get("/lists").get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 100 and "Next" in body
+    body = auth.get("/lists", query_string={"list": "allow"}).get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 1 and "mum" in body
+    body = auth.get("/lists", query_string={"q": "label 14"}).get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 11  # 14, 140-149
+    body = auth.get("/lists", query_string={"after": "+390200000099", "list": "block"}).get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 50
+    assert auth.get("/lists", query_string={"q": "%_'\\"}).status_code == 200
+
+
+def test_edit_missing_entry_is_404(auth: Any) -> None:
+    assert auth.get("/lists/999/edit").status_code == 404
+    assert auth.post("/lists/999/delete").status_code == 404
