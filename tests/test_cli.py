@@ -1,0 +1,486 @@
+"""The `screener` command, run in-process through main() (and twice as a real process): output and exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select
+from werkzeug.security import check_password_hash
+
+from screener import cli, config, store
+from screener.csvio import EXPORT_COLUMNS
+from screener.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD_PORT = '[sip]\nport = "5060x"\n'
+LOOKUP_KEYS = {"input", "e164", "withheld", "valid", "type", "country", "decision", "rule", "reason"}
+
+
+def _not_a_number(text: str) -> str:
+    return ("not a phone number, prefix (digits then *) or class (withheld, invalid, foreign, premium_rate, "
+            f"toll_free, shared_cost, mobile, fixed_line, voip, personal_number): {text!r}")
+
+
+@pytest.fixture
+def conf(write_config: Callable[[str], Path]) -> Path:
+    return write_config("")
+
+
+@pytest.fixture
+def run(conf: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run `screener --config conf ARGS...` in-process; returns (exit status, stdout, stderr)."""
+
+    def run_(*argv: str, config_path: Path | None = None) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = cli.main(["--config", str(config_path or conf), *argv])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run_
+
+
+@pytest.fixture
+def db(conf: Path) -> Iterator[store.Store]:
+    """The migrated store behind `conf`, to seed and inspect."""
+    st = store.Store(config.load(conf).database_url)
+    store.upgrade(st)
+    yield st
+    st.dispose()
+
+
+def _entries(run: Callable[..., tuple[int, str, str]]) -> list[dict]:
+    status, out, err = run("list", "show", "--json")
+    assert (status, err) == (0, "")
+    return json.loads(out)
+
+
+def _lookup(run: Callable[..., tuple[int, str, str]], *argv: str) -> dict:
+    status, out, err = run("lookup", *argv, "--json")
+    assert (status, err) == (0, "")
+    return json.loads(out)
+
+
+# --- exit status 2: bad config and bad usage ------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["lookup", "0212345678"],
+    ["list", "show"],
+    ["list", "add", "block", "0212345678"],
+    ["list", "import", "block", "x.csv"],
+    ["calls"],
+    ["status"],
+    ["db", "upgrade"],
+    ["init"],
+])
+def test_bad_config_exits_2_naming_file_and_key(run, write_config, argv: list[str]) -> None:
+    path = write_config(BAD_PORT)
+    assert run(*argv, config_path=path) == (
+        2, "", f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n')
+
+
+def test_missing_config_exits_2(run, tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    assert run("list", "show", config_path=path) == (
+        2, "", f"screener: {path}: no such file (run `screener init` to create it)\n")
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["bogus"],
+    ["lookup"],
+    ["list"],
+    ["list", "add", "grey", "0212345678"],
+    ["list", "add", "block"],
+    ["list", "import", "block"],
+    ["calls", "--limit", "ten"],
+    ["user", "add"],
+    ["lookup", "0212345678", "--unknown"],
+])
+def test_bad_usage_exits_2(conf: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", str(conf), *argv])
+    assert exc.value.code == 2
+    assert "usage: screener" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["list", "add", "block", "abc"], _not_a_number("abc")),
+    (["list", "add", "block", "12a*"], "a prefix must be digits followed by *, got '12a*'"),
+    (["list", "add", "block", "*"], "a prefix must be digits followed by *, got '*'"),
+    (["list", "remove", "abc"], _not_a_number("abc")),
+    (["list", "add", "block", "0212345678", "--from", "09:00"], "a time window needs both from and to"),
+    (["list", "add", "block", "0212345678", "--days", "mon-fri", "--to", "18:00"],
+     "a time window needs both from and to"),
+    (["list", "add", "block", "0212345678", "--from", "25:00", "--to", "26:00"],
+     "time must be HH:MM (24-hour), got '25:00'"),
+    (["list", "add", "block", "0212345678", "--days", "someday"],
+     "days must look like mon-fri or sat,sun, got 'someday'"),
+    (["lookup", "0212345678", "--at", "yesterday"], "--at must be an ISO-8601 date and time, got 'yesterday'"),
+    (["list", "preset", "xx"], "no preset 'xx'; known: fr, it"),
+])
+def test_bad_arguments_exit_2_with_the_reason(run, argv: list[str], message: str) -> None:
+    assert run(*argv) == (2, "", f"screener: {message}\n")
+    assert _entries(run) == []
+
+
+# --- init -----------------------------------------------------------------------------------------------
+
+def test_init_creates_config_from_the_example_and_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--config", "config.toml", "init"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out == ("created config.toml from the example: edit [sip] before `screener run`\n"
+                   f"database ready: sqlite:///{tmp_path / 'screener.db'}\n")
+    assert (tmp_path / "config.toml").read_text(encoding="utf-8") == (ROOT / "config.example.toml").read_text(
+        encoding="utf-8")
+    assert (tmp_path / "data").is_dir()
+    st = store.Store(f"sqlite:///{tmp_path / 'screener.db'}")
+    try:
+        assert {"list_entries", "calls", "users", "sip_status"} <= set(inspect(st.engine).get_table_names())
+    finally:
+        st.dispose()
+
+    # a second run keeps the config it finds
+    (tmp_path / "config.toml").write_text('[screening]\ndefault_action = "block"\n', encoding="utf-8")
+    assert cli.main(["--config", "config.toml", "init"]) == 0
+    assert capsys.readouterr().out == f"database ready: sqlite:///{tmp_path / 'screener.db'}\n"
+    assert (tmp_path / "config.toml").read_text(encoding="utf-8") == '[screening]\ndefault_action = "block"\n'
+
+
+def test_init_applies_the_configured_presets(run, write_config) -> None:
+    path = write_config('[screening]\npresets = ["it", "fr"]\n')
+    assert run("init", config_path=path)[0] == 0
+    assert run("init", config_path=path)[0] == 0  # twice: still one entry per pattern
+    entries = _entries(lambda *a: run(*a, config_path=path))
+    expected = {e.pattern: (e.list, e.label, f"preset:{n}") for n, p in PRESETS.items() for e in p.entries}
+    assert {e["pattern"]: (e["list"], e["label"], e["source"]) for e in entries} == expected
+    assert len(entries) == len(expected)
+
+
+# --- lookup ---------------------------------------------------------------------------------------------
+
+def test_lookup_json_of_a_blocked_number(run) -> None:
+    assert run("list", "add", "block", "+39 02 1234 5678", "--label", "Ditta") == (
+        0, "+390212345678 is on the block list\n", "")
+    res = _lookup(run, "0212345678")
+    assert LOOKUP_KEYS <= set(res)
+    assert {k: res[k] for k in LOOKUP_KEYS} == {
+        "input": "0212345678", "e164": "+390212345678", "withheld": False, "valid": True, "type": "fixed_line",
+        "country": "IT", "decision": "block", "rule": "+390212345678",
+        "reason": "number +390212345678 on the block list (Ditta)"}
+
+
+# number, the rule to add first (list, pattern) or None, decision, rule, reason, extra values
+LOOKUPS = [
+    ("0844123456", ("block", "0844*"), "block", "+390844*", "prefix +390844* on the block list",
+     {"e164": "+390844123456", "valid": False, "type": "unknown", "country": "IT"}),
+    ("+39 0844 123456", ("block", "0844*"), "block", "+390844*", "prefix +390844* on the block list", {}),
+    ("0212345678", ("block", "0212345678*"), "block", "+390212345678*",
+     "prefix +390212345678* on the block list", {}),
+    ("anonymous", ("block", "0844*"), "screen", None, "no rule matched: default screen",
+     {"e164": None, "withheld": True, "valid": False, "type": "unknown", "country": None}),
+    ("anonymous", ("allow", "withheld"), "allow", "class:withheld", "class:withheld on the allow list",
+     {"withheld": True}),
+    ("+33612345678", ("screen", "class:foreign"), "screen", "class:foreign", "class:foreign on the screen list",
+     {"country": "FR", "type": "mobile"}),
+    ("3471234567", None, "screen", None, "no rule matched: default screen", {"type": "mobile"}),
+    ("**9", ("block", "class:invalid"), "allow", None, "internal call of the home router", {"e164": None}),
+    ("abc", ("block", "class:invalid"), "block", "class:invalid", "class:invalid on the block list",
+     {"e164": None, "valid": False}),
+    ("004912345678901234567", None, "screen", None, "no rule matched: default screen",
+     {"e164": "+4912345678901234567", "valid": False, "country": "DE"}),
+]
+
+
+@pytest.mark.parametrize(("number", "add", "decision", "rule", "reason", "extra"), LOOKUPS)
+def test_lookup(run, number: str, add: tuple[str, str] | None, decision: str, rule: str | None, reason: str,
+                extra: dict) -> None:
+    if add is not None:
+        assert run("list", "add", *add)[0] == 0
+    res = _lookup(run, number)
+    assert (res["input"], res["decision"], res["rule"], res["reason"]) == (number, decision, rule, reason)
+    assert {k: res[k] for k in extra} == extra
+
+
+def test_lookup_uses_the_configured_default(run, write_config) -> None:
+    path = write_config('[screening]\ndefault_action = "allow"\n')
+    status, out, _ = run("lookup", "3471234567", "--json", config_path=path)
+    assert (status, json.loads(out)["decision"]) == (0, "allow")
+
+
+@pytest.mark.parametrize(("at", "decision", "at_shown"), [
+    ("2026-03-04T12:00", "block", "2026-03-04T12:00:00+01:00"),
+    ("2026-03-04T19:00", "screen", "2026-03-04T19:00:00+01:00"),
+    # naive --at is local time in the configured zone: 08:30 in Rome is before the window, 17:30 inside it
+    ("2026-03-04T08:30", "screen", "2026-03-04T08:30:00+01:00"),
+    ("2026-03-04T17:30", "block", "2026-03-04T17:30:00+01:00"),
+    # aware --at is converted: 08:30 UTC is 09:30 in Rome, 17:30 UTC is 18:30
+    ("2026-03-04T08:30:00+00:00", "block", "2026-03-04T08:30:00+00:00"),
+    ("2026-03-04T17:30:00Z", "screen", "2026-03-04T17:30:00+00:00"),
+    ("2026-07-01T17:30", "block", "2026-07-01T17:30:00+02:00"),
+    ("2026-03-07T12:00", "screen", "2026-03-07T12:00:00+01:00"),
+])
+def test_lookup_at_with_a_time_window(run, at: str, decision: str, at_shown: str) -> None:
+    assert run("list", "add", "block", "3471234567", "--days", "mon-fri", "--from", "09:00", "--to", "18:00") == (
+        0, "+393471234567 is on the block list (mon-fri 09:00-18:00)\n", "")
+    res = _lookup(run, "3471234567", "--at", at)
+    assert (res["decision"], res["at"]) == (decision, at_shown)
+    if decision == "block":
+        assert res["reason"] == "number +393471234567 on the block list, during mon-fri 09:00-18:00"
+
+
+def test_lookup_text(run) -> None:
+    run("list", "add", "block", "0844*", "--label", "telemarketing")
+    status, out, err = run("lookup", "0844123456")
+    assert (status, err) == (0, "")
+    assert out == ("0844123456: BLOCK — prefix +390844* on the block list (telemarketing)\n"
+                   "  number +390844123456  type unknown  country IT  valid no\n")
+
+
+# --- list -----------------------------------------------------------------------------------------------
+
+def test_list_add_show_and_remove(run) -> None:
+    assert run("list", "add", "block", "02 1234 5678", "--label", "Ditta", "--days", "lun-ven",
+               "--from", "9:00", "--to", "18:00") == (
+        0, "+390212345678 is on the block list (mon-fri 09:00-18:00)\n", "")
+    assert run("list", "add", "screen", "class:FOREIGN") == (0, "class:foreign is on the screen list\n", "")
+    assert run("list", "add", "allow", "347 123 4567", "--days", "sat,sun") == (
+        0, "+393471234567 is on the allow list (sat,sun 00:00-00:00)\n", "")
+    entries = _entries(run)
+    assert [tuple(e) for e in entries] == [EXPORT_COLUMNS] * 3
+    assert entries == [
+        {"list": "allow", "pattern": "+393471234567", "label": "", "days": "sat,sun", "from": "00:00",
+         "to": "00:00", "source": "user", "hits": 0, "last_hit": ""},
+        {"list": "block", "pattern": "+390212345678", "label": "Ditta", "days": "mon-fri", "from": "09:00",
+         "to": "18:00", "source": "user", "hits": 0, "last_hit": ""},
+        {"list": "screen", "pattern": "class:foreign", "label": "", "days": "", "from": "", "to": "",
+         "source": "user", "hits": 0, "last_hit": ""},
+    ]
+    status, out, err = run("list", "show")
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        "allow  +393471234567          [sat,sun 00:00-00:00]  (user, 0 hits)",
+        "block  +390212345678        Ditta  [mon-fri 09:00-18:00]  (user, 0 hits)",
+        "screen class:foreign          (user, 0 hits)",
+    ]
+
+    # adding a pattern again moves it, without its old window
+    assert run("list", "add", "allow", "+390212345678") == (0, "+390212345678 is on the allow list\n", "")
+    moved = [e for e in _entries(run) if e["pattern"] == "+390212345678"]
+    assert [(e["list"], e["label"], e["days"]) for e in moved] == [("allow", "", "")]
+
+    assert run("list", "remove", "0212345678") == (0, "+390212345678 removed\n", "")
+    assert run("list", "remove", "0212345678") == (1, "", "screener: +390212345678 is on no list\n")
+    assert run("list", "remove", "0999*") == (1, "", "screener: +390999* is on no list\n")
+    assert [e["pattern"] for e in _entries(run)] == ["+393471234567", "class:foreign"]
+
+
+def test_list_export_to_a_file_and_to_stdout(run, tmp_path: Path) -> None:
+    run("list", "add", "block", "0212345678", "--label", "=cmd()", "--days", "mon-fri", "--from", "09:00",
+        "--to", "18:00")
+    run("list", "add", "screen", "foreign", "--label", "abroad, far")
+    out_file = tmp_path / "lists.csv"
+    assert run("list", "export", str(out_file)) == (0, "", "")
+    text = out_file.read_bytes().decode("utf-8")
+    assert text == ("list,pattern,label,days,from,to,source,hits,last_hit\r\n"
+                    "block,'+390212345678,'=cmd(),mon-fri,09:00,18:00,user,0,\r\n"
+                    'screen,class:foreign,"abroad, far",,,,user,0,\r\n')
+    status, out, err = run("list", "export", "-")
+    assert (status, out, err) == (0, text, "")
+
+
+def test_list_export_then_import_round_trips(run, write_config, tmp_path: Path) -> None:
+    for add in (["block", "0844*", "--label", "+telemarketing"], ["block", "0212345678", "--label", "Rossi"],
+                ["block", "class:premium_rate"]):
+        run("list", "add", *add)
+    out_file = tmp_path / "lists.csv"
+    run("list", "export", str(out_file))
+    other = tmp_path / "other"
+    other.mkdir()
+    path = other / "config.toml"
+    path.write_text(f'[database]\nurl = "sqlite:///{other / "s.db"}"\n', encoding="utf-8")
+    assert run("list", "import", "block", str(out_file), config_path=path) == (
+        0, "imported 3 entries into the block list\n", "")
+    entries = _entries(lambda *a: run(*a, config_path=path))
+    assert {(e["pattern"], e["label"], e["source"]) for e in entries} == {
+        ("+390844*", "+telemarketing", "import"), ("+390212345678", "Rossi", "import"),
+        ("class:premium_rate", "", "import")}
+
+
+def test_list_import_reports_bad_rows_and_keeps_good_ones(run, tmp_path: Path) -> None:
+    f = tmp_path / "rubrica.csv"
+    f.write_bytes("Nome;Numero\r\n\r\nRossi;02 1234 5678\r\nBianchi;abc\r\n# a comment\r\nVerdi;0844*\r\n"
+                  "Neri;\r\nCaffè;12a*\r\n".encode("cp1252"))
+    status, out, err = run("list", "import", "block", str(f))
+    assert status == 1
+    assert out == "imported 2 entries into the block list; 3 bad rows skipped\n"
+    assert err.splitlines() == [
+        f"{f}:4: {_not_a_number('abc')}",
+        f"{f}:7: no number in this row",
+        f"{f}:8: a prefix must be digits followed by *, got '12a*'",
+    ]
+    assert [(e["list"], e["pattern"], e["label"], e["source"]) for e in _entries(run)] == [
+        ("block", "+390212345678", "Rossi", "import"), ("block", "+390844*", "Verdi", "import")]
+
+
+def test_list_import_of_good_rows_exits_0_and_is_idempotent(run, tmp_path: Path) -> None:
+    f = tmp_path / "numbers.csv"
+    f.write_text('"Numero";"Nome"\r\n"+39 02 1234 5678";"Rossi"\r\n"347 123 4567";"Bianchi"\r\n"0844*";"tm"\r\n',
+                 encoding="utf-8-sig")
+    run("list", "add", "allow", "3471234567", "--label", "old")
+    for _ in range(2):
+        assert run("list", "import", "block", str(f)) == (0, "imported 3 entries into the block list\n", "")
+    assert [(e["list"], e["pattern"], e["label"]) for e in _entries(run)] == [
+        ("block", "+390212345678", "Rossi"), ("block", "+390844*", "tm"), ("block", "+393471234567", "Bianchi")]
+
+
+def test_list_import_of_a_missing_file_exits_1(run, tmp_path: Path) -> None:
+    f = tmp_path / "missing.csv"
+    assert run("list", "import", "block", str(f)) == (1, "", f"screener: {f}: No such file or directory\n")
+
+
+def test_list_preset(run) -> None:
+    n = len(PRESETS["it"].entries)
+    assert run("list", "preset", "it") == (0, f"preset it: {n} entries applied\n", "")
+    assert run("list", "preset", "it") == (0, f"preset it: {n} entries applied\n", "")
+    entries = _entries(run)
+    assert len(entries) == n and {e["source"] for e in entries} == {"preset:it"}
+    assert _lookup(run, "0844123456")["decision"] == "block"
+    assert _lookup(run, "0843123456")["decision"] == "screen"
+    assert _lookup(run, "+4930123456")["rule"] == "class:foreign"
+
+
+# --- calls ----------------------------------------------------------------------------------------------
+
+def _seed_calls(db: store.Store) -> None:
+    with db.write() as s:
+        s.add_all([
+            store.Call(started_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC), caller_raw="0212345678",
+                       e164="+390212345678", name="Rossi", decision="allow", outcome="answered_elsewhere",
+                       reason="number +390212345678 on the allow list", rule="allow +390212345678",
+                       duration_s=42.0, ended_at=datetime(2026, 3, 4, 11, 0, 42, tzinfo=UTC)),
+            store.Call(started_at=datetime(2026, 3, 4, 12, 0, tzinfo=UTC), caller_raw="0844123456",
+                       e164="+390844123456", decision="block", outcome="blocked", rule="block +390844*",
+                       reason="prefix +390844* on the block list", duration_s=0.0),
+            store.Call(started_at=datetime(2026, 7, 1, 8, 0, tzinfo=UTC), caller_raw="anonymous", withheld=True,
+                       decision="screen", reason="no rule matched: default screen"),
+        ])
+
+
+def test_calls_json_newest_first(run, db: store.Store) -> None:
+    _seed_calls(db)
+    status, out, err = run("calls", "--json")
+    assert (status, err) == (0, "")
+    rows = json.loads(out)
+    assert all({"started_at", "caller_raw", "e164", "name", "decision", "outcome", "rule", "reason",
+                "duration_s"} <= set(r) for r in rows)
+    pick = ("started_at", "caller_raw", "e164", "name", "decision", "outcome", "rule", "duration_s")
+    assert [tuple(r[k] for k in pick) for r in rows] == [
+        ("2026-07-01T10:00:00+02:00", "anonymous", None, "", "screen", None, "", None),
+        ("2026-03-04T13:00:00+01:00", "0844123456", "+390844123456", "", "block", "blocked", "block +390844*", 0.0),
+        ("2026-03-04T12:00:00+01:00", "0212345678", "+390212345678", "Rossi", "allow", "answered_elsewhere",
+         "allow +390212345678", 42.0),
+    ]
+    assert rows[2]["reason"] == "number +390212345678 on the allow list"
+    assert rows[0]["withheld"] is True
+
+    status, out, _ = run("calls", "--json", "--limit", "2")
+    assert (status, [r["caller_raw"] for r in json.loads(out)]) == (0, ["anonymous", "0844123456"])
+
+
+def test_calls_text(run, db: store.Store) -> None:
+    _seed_calls(db)
+    status, out, err = run("calls", "--limit", "3")
+    assert (status, err) == (0, "")
+    lines = out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("2026-07-01T10:00:00  withheld") and "in progress" in lines[0]
+    assert lines[2].startswith("2026-03-04T12:00:00  +390212345678") and " 42s " in lines[2]
+
+
+def test_calls_of_an_empty_log(run) -> None:
+    assert run("calls", "--json") == (0, "[]\n", "")
+
+
+# --- user -----------------------------------------------------------------------------------------------
+
+def _user_hash(db: store.Store, login: str) -> str | None:
+    with db.read() as s:
+        return s.scalar(select(store.User.password_hash).where(store.User.login == login))
+
+
+def test_user_add_with_password_stdin(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse\r\n"))
+    assert run("user", "add", "admin", "--password-stdin") == (0, "user admin saved\n", "")
+    first = _user_hash(db, "admin")
+    assert first is not None and first.startswith("scrypt:")
+    assert check_password_hash(first, "correct horse")
+    assert not check_password_hash(first, "correct horse\r")
+
+    # again: the password changes, the user stays one
+    monkeypatch.setattr(sys, "stdin", io.StringIO("battery staple\n"))
+    assert run("user", "add", "admin", "--password-stdin") == (0, "user admin saved\n", "")
+    second = _user_hash(db, "admin")
+    assert second is not None and check_password_hash(second, "battery staple")
+    assert not check_password_hash(second, "correct horse")
+    with db.read() as s:
+        assert len(s.scalars(select(store.User)).all()) == 1
+
+
+@pytest.mark.parametrize("password", ["short\n", "1234567\n", "\n", ""])
+def test_user_add_rejects_a_short_password(run, db: store.Store, monkeypatch: pytest.MonkeyPatch,
+                                           password: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password))
+    assert run("user", "add", "admin", "--password-stdin") == (
+        1, "", "screener: the password must have at least 8 characters\n")
+    assert _user_hash(db, "admin") is None
+
+
+# --- status ---------------------------------------------------------------------------------------------
+
+def test_status_before_the_service_ran(run) -> None:
+    assert run("status") == (1, "stopped: the SIP service has not run yet\n", "")
+
+
+@pytest.mark.parametrize(("state", "error", "status", "line"), [
+    ("registered", "", 0, "registered since 2026-03-04 12:00:00 CET"),
+    ("failed", "403 Forbidden", 1, "failed since 2026-03-04 12:00:00 CET — last error: 403 Forbidden"),
+    ("registering", "", 1, "registering since 2026-03-04 12:00:00 CET"),
+])
+def test_status_prints_the_state(run, db: store.Store, state: str, error: str, status: int, line: str) -> None:
+    with db.write() as s:
+        store.set_sip_status(s, state, error, now=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))
+    assert run("status") == (status, line + "\n", "")
+
+
+# --- as a real process ----------------------------------------------------------------------------------
+
+def _screener(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "screener.cli", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_process_lookup_after_a_preset(conf: Path, tmp_path: Path) -> None:
+    assert _screener("--config", str(conf), "list", "preset", "it", cwd=tmp_path).returncode == 0
+    proc = _screener("--config", str(conf), "lookup", "0844 123456", "--json", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    res = json.loads(proc.stdout)
+    assert (res["decision"], res["rule"], res["e164"]) == ("block", "+390844*", "+390844123456")
+
+
+def test_process_bad_config_and_bad_usage(write_config, tmp_path: Path) -> None:
+    path = write_config(BAD_PORT)
+    proc = _screener("--config", str(path), "status", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n'
+    proc = _screener("--config", str(path), "list", "frobnicate", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice: 'frobnicate'" in proc.stderr
