@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -103,7 +103,10 @@ def _parse_at(text: str | None, tz: ZoneInfo) -> datetime:
         at = datetime.fromisoformat(text)
     except ValueError:
         raise CliError(f"--at must be an ISO-8601 date and time, got {text!r}") from None
-    return at if at.tzinfo else at.replace(tzinfo=tz)
+    if at.tzinfo is None:
+        # through UTC and back, so a wall-clock time that a daylight-saving jump skips is shown as it is judged
+        at = at.replace(tzinfo=tz).astimezone(UTC).astimezone(tz)
+    return at
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -241,8 +244,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             text = csvio.export_csv(csvio.entry_row(e) for e in entries)
         if args.file == "-":
             sys.stdout.write(text)
-        else:
+            return 0
+        try:
             Path(args.file).write_text(text, encoding="utf-8", newline="")
+        except OSError as e:
+            raise CliError(f"{args.file}: {e.strerror}", 1) from None
         return 0
     if sub == "preset":
         n = _apply_preset(st, args.name)

@@ -23,8 +23,11 @@ ACTIONS: tuple[Action, ...] = ("allow", "block", "screen")
 CLASSES = ("withheld", "invalid", "foreign", "premium_rate", "toll_free", "shared_cost", "mobile",
            "fixed_line", "voip", "personal_number")
 _LIST_RANK = {"allow": 2, "block": 1, "screen": 0}
-_DAY_NAMES = {name: i for names in (("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
-                                    ("lun", "mar", "mer", "gio", "ven", "sab", "dom"))
+_WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_NAMES = {name: i for names in (_WEEK, ("lun", "mar", "mer", "gio", "ven", "sab", "dom"),
+                                    ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+                                    ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica"),
+                                    ("lunedi", "martedi", "mercoledi", "giovedi", "venerdi"))
               for i, name in enumerate(names)}
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
@@ -63,9 +66,11 @@ def parse_days(text: str) -> frozenset[int]:
         return frozenset(range(7))
     days: set[int] = set()
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
+        lo, dash, hi = (p.strip() for p in part.partition("-"))
+        if dash and not hi:
+            hi = "?"  # "mon-" is a range with no end
         try:
-            a, b = _DAY_NAMES[lo[:3]], _DAY_NAMES[(hi or lo)[:3]]
+            a, b = _DAY_NAMES[lo], _DAY_NAMES[hi or lo]
         except KeyError:
             raise ValueError(f"days must look like mon-fri or sat,sun, got {text!r}") from None
         days.update((a + i) % 7 for i in range((b - a) % 7 + 1))
@@ -77,7 +82,7 @@ def format_days(days: Iterable[int]) -> str:
     ds = sorted(set(days))
     if len(ds) == 7:
         return "daily"
-    names = list(_DAY_NAMES)[:7]
+    names = _WEEK
     runs: list[str] = []
     i = 0
     while i < len(ds):

@@ -248,7 +248,7 @@ def put_entry(session: Session, list_: str, pattern: str, *, label: str = "", so
     if entry is None:
         entry = ListEntry(pattern=pattern)
         session.add(entry)
-    entry.list, entry.label, entry.source = list_, label, source
+    entry.list, entry.label, entry.source = list_, label[:200], source
     entry.days = window.days_mask if window else None
     entry.time_from = f"{window.start:%H:%M}" if window else None
     entry.time_to = f"{window.end:%H:%M}" if window else None
