@@ -58,6 +58,13 @@ class Peer:
             seen.append(m.method or m.status)
         raise AssertionError(f"expected message not received; saw {seen}")
 
+    def ack(self, resp: Message, to: tuple[str, int]) -> None:
+        """ACK a final non-2xx response to an INVITE, as the caller's transaction would."""
+        self.send(
+            f"ACK sip:screener@{to[0]}:{to[1]} SIP/2.0\r\nVia: {resp.top_via}\r\nMax-Forwards: 70\r\n"
+            f"From: {resp.get('from')}\r\nTo: {resp.get('to')}\r\nCall-ID: {resp.call_id}\r\n"
+            f"CSeq: {resp.cseq[0]} ACK\r\nContent-Length: 0\r\n\r\n", to)
+
     def silent(self, timeout: float = 0.3) -> bool:
         return self.recv_raw(timeout) is None
 

@@ -87,6 +87,12 @@ class RegStatus:
     expires: int | None = None  # granted expiry while registered
 
 
+def backoff_delay(failures: int, t: Timing) -> float:
+    """Seconds before registration attempt n+1: exponential with jitter, capped; retries go on for ever."""
+    base = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 16))
+    return max(t.backoff_min, random.uniform(base / 2, base))
+
+
 def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -532,10 +538,7 @@ class SipAgent:
             msg = parse(data, check_length=False)
             if not msg.is_request or msg.method.upper() == "ACK":
                 return
-            for h in ("via", "from", "to", "call-id", "cseq"):
-                if not msg.get(h):
-                    return
-            via_sent_by(msg.top_via)
+            via_sent_by(msg.top_via)  # no Via, no way to answer
         except ParseError:
             return
         reason = "".join(ch if ch.isprintable() else "?" for ch in reason)
@@ -1129,22 +1132,16 @@ class SipAgent:
                 refresh_at = time.monotonic() + max(1.0, granted * random.uniform(lo, hi))
                 if not self._keepalive_until(refresh_at):
                     failures = 1
-                    delay = self._backoff(failures)
+                    delay = backoff_delay(failures, self.timing)
                     self._stopping.wait(delay)
                 continue
             failures += 1
             self._set_status("failed", err)
-            delay = retry_after if retry_after is not None else self._backoff(failures)
+            delay = retry_after if retry_after is not None else backoff_delay(failures, self.timing)
             self._stopping.wait(delay)
         if self.status.state == "registered":
             self._register_once(0)  # unregister, best effort, within stop_timeout
         self._set_status("unregistered", None)
-
-    def _backoff(self, failures: int) -> float:
-        """Exponential backoff with jitter, capped; retries go on for ever."""
-        t = self.timing
-        base = min(t.backoff_max, t.backoff_min * 2 ** min(failures - 1, 16))
-        return max(t.backoff_min, random.uniform(base / 2, base))
 
     def _keepalive_until(self, deadline: float) -> bool:
         """Ping the registrar with OPTIONS every keepalive_interval until `deadline`; False when it went silent."""

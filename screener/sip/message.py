@@ -72,6 +72,7 @@ class Message:
     """One parsed SIP request or response. Header names are stored lower-case and long-form."""
 
     method: str = ""  # requests only
+    version: str = "2.0"
     uri: str = ""
     status: int = 0  # responses only
     reason: str = ""
@@ -190,8 +191,7 @@ def _parse_start(line: str, msg: Message) -> None:
     m = _REQUEST.fullmatch(line)
     if not m:
         raise ParseError(f"bad start line {line[:40]!r}")
-    if m.group(3) != "2.0":
-        raise VersionError(m.group(3))
+    msg.version = m.group(3)
     if not _TOKEN.fullmatch(m.group(1)):
         raise ParseError("bad method")
     msg.method, msg.uri = m.group(1), m.group(2)
@@ -203,6 +203,8 @@ class VersionError(ParseError):
 
 def check_request(msg: Message) -> None:
     """The checks a UAS needs before acting (RFC 3261 8.2); raise ParseError naming the problem."""
+    if msg.version != "2.0":
+        raise VersionError(f"SIP/{msg.version}")
     for h in ("via", "from", "to", "call-id", "cseq"):
         if not (msg.get(h) or "").strip():
             raise ParseError(f"missing {pretty(h)}")
@@ -221,6 +223,9 @@ def check_request(msg: Message) -> None:
     mf = msg.get("max-forwards")
     if mf is not None and not mf.strip().isdigit():
         raise ParseError("bad Max-Forwards")
+    for raw in (v for k, v in msg.headers if k == "via"):
+        if re.search(r";\s*[;,]|,\s*[,;]|[;,]\s*$", raw):
+            raise ParseError("empty Via element")
     via = msg.top_via
     if not re.match(r"SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+\S", via, re.IGNORECASE):
         raise ParseError("bad Via")
@@ -368,7 +373,7 @@ def _split_display(v: str) -> tuple[str, str, str]:
 def via_sent_by(via: str) -> tuple[str, int]:
     """(host, port) of a Via value such as `SIP/2.0/UDP 192.0.2.1:5060;branch=...`."""
     proto_host = via.partition(";")[0]
-    m = re.match(r"\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+(\[[^\]]+\]|[^\s:]+)\s*(?::\s*(\d+))?",
+    m = re.match(r"\s*SIP\s*/\s*[\d.]+\s*/\s*[A-Za-z]+\s+(\[[^\]]+\]|[^\s:]+)\s*(?::\s*(\d+))?",
                  proto_host, re.IGNORECASE)
     if not m:
         raise ParseError("bad Via")

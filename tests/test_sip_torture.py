@@ -1,0 +1,82 @@
+"""RFC 4475 torture messages: each is answered sensibly or dropped, and the agent keeps working."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+from test_sip_support import Peer, Recorder, agent_addr, invite, options, running_agent
+
+from screener.sip.message import ParseError, parse
+
+TORTURE = sorted(Path("/work/shared/sip-torture/rfc4475").glob("*.dat"))
+if not TORTURE:  # CI has shared/ beside the clone
+    TORTURE = sorted((Path(__file__).resolve().parents[2] / "shared/sip-torture/rfc4475").glob("*.dat"))
+
+
+@pytest.fixture(scope="module")
+def peer_and_agent():
+    peer = Peer()
+    rec = Recorder(lambda c: c.decline(603))  # never answer: their SDP points outside loopback
+    with running_agent(peer, rec) as agent:
+        yield peer, agent, rec
+    peer.close()
+
+
+@pytest.mark.skipif(not TORTURE, reason="shared/sip-torture not found")
+@pytest.mark.parametrize("path", TORTURE, ids=lambda p: p.stem)
+def test_torture_message_is_survived(path, peer_and_agent, caplog):
+    peer, agent, _ = peer_and_agent
+    errors: list[BaseException] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    caplog.set_level(logging.ERROR, "screener.sip")
+    try:
+        data = path.read_bytes()
+        call_id = parse(data, check_length=False).call_id if _parses(data) else None
+        peer.send(data, agent_addr(agent))
+        while (got := peer.recv_raw(0.15)) is not None:
+            try:
+                msg = parse(got[0])
+            except ParseError as e:  # pragma: no cover - would be our own bug
+                pytest.fail(f"unparseable reply {got[0][:80]!r}: {e}")
+            if msg.status >= 300 and msg.cseq[1] == "INVITE":
+                peer.ack(msg, agent_addr(agent))
+            if msg.call_id != call_id:
+                continue  # a retransmission for an earlier test's call
+            assert msg.status in (100, 200, 400, 405, 415, 420, 481, 482, 488, 505, 603), (path.stem, msg.status)
+        # the agent still answers a valid request afterwards
+        peer.send(options(peer, f"after-{path.stem}"), agent_addr(agent))
+        peer.expect(lambda m: m.status == 200 and m.call_id == f"after-{path.stem}")
+        peer.send(invite(agent.local_port, peer, f"inv-{path.stem}"), agent_addr(agent))
+        peer.ack(peer.expect(lambda m: m.status == 603 and m.call_id == f"inv-{path.stem}"), agent_addr(agent))
+    finally:
+        threading.excepthook = old_hook
+    assert errors == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        parse(data, check_length=False)
+    except ParseError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name,expected", [("badinv01", 400), ("ncl", 400), ("clerr", 400), ("badvers", 505),
+                                           ("insuf", 400), ("mismatch01", 400), ("unkscm", 200),
+                                           ("wsinv", 481), ("intmeth", 405), ("esc01", 603), ("lwsstart", 603)])
+def test_torture_expected_answers(name, expected, peer_and_agent):
+    path = next((p for p in TORTURE if p.stem == name), None)
+    if path is None:
+        pytest.skip("shared/sip-torture not found")
+    peer, agent, _ = peer_and_agent
+    call_id = parse(path.read_bytes(), check_length=False).call_id  # "" when it has none (insuf)
+    peer.send(path.read_bytes(), agent_addr(agent))
+    got = peer.expect(lambda m: m.call_id == call_id and m.status != 100, 1.0)
+    if got.status >= 300 and got.cseq[1] == "INVITE":
+        peer.ack(got, agent_addr(agent))
+    assert got.status == expected
