@@ -84,9 +84,24 @@ def _stop_when_set(server: Any, stop: threading.Event) -> None:
     stop_server(server)
 
 
-def stop_server(server: Any) -> None:
-    """Make a running waitress server's loop return: close its sockets; pending requests are cancelled."""
+def stop_server(server: Any, timeout: float = 5.0) -> None:
+    """Make a running waitress server's loop return: finish or cancel requests, then close every socket.
+
+    The sockets are closed from inside the server's own loop (through its trigger), so this is safe to call
+    from any thread; a server whose loop is not running is closed directly.
+    """
     from waitress import wasyncore
 
-    server.task_dispatcher.shutdown(timeout=5)
-    wasyncore.close_all(server._map)
+    server.task_dispatcher.shutdown(timeout=timeout)
+    closed = threading.Event()
+
+    def close() -> None:
+        wasyncore.close_all(server._map)
+        closed.set()
+
+    try:
+        server.trigger.pull_trigger(close)
+    except OSError:  # the trigger is already closed
+        return
+    if not closed.wait(timeout):
+        close()
