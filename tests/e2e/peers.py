@@ -413,7 +413,7 @@ class Phone:
 
     def __init__(self, workdir: Path, kamailio: Kamailio, port: int, media_port: int, name: str = "household",
                  *, ring_ms: int = 3000, decline: int | None = None, register_port: int | None = None,
-                 expires: int = 3600, password: str | None = None) -> None:
+                 expires: int = 3600, password: str | None = None, extra: Sequence[str] = ()) -> None:
         self.kamailio = kamailio
         self.password = kamailio.password if password is None else password
         self.port = port
@@ -423,9 +423,10 @@ class Phone:
         self.expires = expires
         if decline:
             self.uas = Sipp(name, workdir, "uas_decline", {"CODE": decline, "REASON": _REASONS.get(decline, "No")},
-                            port, media_port=media_port)
+                            port, media_port=media_port, extra=extra)
         else:
-            self.uas = Sipp(name, workdir, "uas_phone", {"RING_MS": ring_ms}, port, media_port=media_port)
+            self.uas = Sipp(name, workdir, "uas_phone", {"RING_MS": ring_ms}, port, media_port=media_port,
+                            extra=extra)
 
     def start(self) -> Phone:
         self.uas.start()
@@ -950,3 +951,204 @@ def send_udp(data: bytes, target: tuple[str, int], source: tuple[str, int] = (HO
             except (TimeoutError, ConnectionRefusedError):
                 break
     return replies
+
+
+# ------------------------------------------------------------------------------------ a Python UAC for timing
+
+
+@dataclass
+class CallResult:
+    """One call placed by PyUac: when the INVITE left, and the first provisional and final responses."""
+
+    call_id: str
+    number: str
+    sent: float
+    provisional: float | None = None
+    final_code: int | None = None
+    final: float | None = None
+    callee_hung_up: bool = False
+
+    @property
+    def latency_ms(self) -> float | None:
+        """INVITE -> final response, in ms (perf_counter resolution)."""
+        return None if self.final is None else (self.final - self.sent) * 1000
+
+
+def _headers(msg: str) -> tuple[str, dict[str, list[str]]]:
+    compact = {"i": "call-id", "v": "via", "t": "to", "f": "from", "m": "contact", "l": "content-length"}
+    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
+    out: dict[str, list[str]] = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        out.setdefault(compact.get(key, key), []).append(value.strip())
+    return head[0], out
+
+
+class PyUac:
+    """A small SIP caller with perf_counter timestamps: INVITE at a steady rate, ACK, optional BYE.
+
+    sipp's -trace_rtt has 1 ms resolution, too coarse for a proxy that answers in well under 1 ms. Each call
+    offers an SDP port from sdp_port(i) (a capture socket, or a port nobody reads).
+    """
+
+    def __init__(self, target: tuple[str, int], local: tuple[str, int] = (HOST, 0)) -> None:
+        self.target = target
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.sock.bind(local)
+        self.sock.settimeout(0.05)
+        self.local = self.sock.getsockname()
+        self.calls: dict[str, CallResult] = {}
+        self._invites: dict[str, str] = {}
+        self._hold: dict[str, float] = {}
+        self._byes: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._rx = threading.Thread(target=self._receive, name="pyuac-rx", daemon=True)
+        self._rx.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._rx.join(2)
+        self.sock.close()
+
+    def __enter__(self) -> PyUac:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, numbers: Sequence[str], rate: float, *, hold_s: float = 0.0, timeout: float = 10.0,
+            sdp_port: Callable[[int], int] = lambda i: 9, codecs: Sequence[str] = ("PCMU", "PCMA"),
+            extra_headers: Sequence[str] = ()) -> list[CallResult]:
+        """Place one call per number at `rate` calls/s; answered calls get ACK, then BYE after hold_s.
+
+        Returns when every call has a final response (and answered ones were hung up) or after timeout
+        seconds past the last INVITE.
+        """
+        start = time.perf_counter()
+        results = []
+        for i, number in enumerate(numbers):
+            due = start + i / rate
+            while (now := time.perf_counter()) < due:
+                self._send_due_byes(now)
+                time.sleep(min(0.002, due - now))
+            results.append(self._invite(number, sdp_port(i), codecs, extra_headers, hold_s))
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            self._send_due_byes(time.perf_counter())
+            with self._lock:
+                pending = any(r.final is None for r in results) or bool(self._byes) or bool(self._hold)
+            if not pending:
+                break
+            time.sleep(0.005)
+        return results
+
+    def _invite(self, number: str, port: int, codecs: Sequence[str], extra: Sequence[str],
+                hold_s: float) -> CallResult:
+        tag, cid, branch = os.urandom(4).hex(), f"py-{os.urandom(8).hex()}", "z9hG4bK" + os.urandom(6).hex()
+        host, lport = self.local
+        pts = " ".join(str(CODECS[c]) for c in codecs)
+        sdp = (f"v=0\r\no=pyuac 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+               f"m=audio {port} RTP/AVP {pts} 101\r\n"
+               + "".join(f"a=rtpmap:{CODECS[c]} {c}/8000\r\n" for c in codecs)
+               + "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+        req_uri = f"sip:{AOR_USER}@{self.target[0]}:{self.target[1]}"
+        head = (f"INVITE {req_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};branch={branch}\r\n"
+                f"From: <sip:{number}@{host}>;tag={tag}\r\nTo: <sip:{AOR_USER}@{self.target[0]}>\r\n"
+                f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{host}:{lport}>\r\nMax-Forwards: 70\r\n"
+                + "".join(h + "\r\n" for h in extra)
+                + f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n")
+        result = CallResult(cid, number, time.perf_counter())
+        with self._lock:
+            self.calls[cid] = result
+            self._invites[cid] = f"{req_uri}\n{branch}\n{tag}\n{number}"
+            self._hold[cid] = hold_s
+        self.sock.sendto((head + sdp).encode(), self.target)
+        return result
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except (TimeoutError, OSError):
+                continue
+            t = time.perf_counter()
+            text = data.decode(errors="replace")
+            first, hdrs = _headers(text)
+            cid = (hdrs.get("call-id") or [""])[0]
+            if first.startswith("SIP/2.0 "):
+                self._on_response(t, int(first.split()[1]), cid, hdrs)
+            elif first.startswith("BYE "):
+                self._reply(text, hdrs, "200 OK")
+                with self._lock:
+                    if cid in self.calls:
+                        self.calls[cid].callee_hung_up = True
+                    self._hold.pop(cid, None)
+                    self._byes = [(due, c) for due, c in self._byes if c != cid]
+            elif not first.startswith("ACK "):
+                self._reply(text, hdrs, "200 OK")
+
+    def _on_response(self, t: float, code: int, cid: str, hdrs: dict[str, list[str]]) -> None:
+        cseq = (hdrs.get("cseq") or [""])[0]
+        with self._lock:
+            call = self.calls.get(cid)
+            if call is None or not cseq.endswith("INVITE"):
+                if cseq.endswith("BYE"):
+                    self._hold.pop(cid, None)
+                return
+            if code < 200:
+                call.provisional = call.provisional or t
+                return
+            first_final = call.final is None
+            if first_final:
+                call.final, call.final_code = t, code
+            req_uri, branch, tag, number = self._invites[cid].split("\n")
+            hold = self._hold.get(cid, 0.0)
+        to = (hdrs.get("to") or [""])[0]
+        host, lport = self.local
+        if code >= 300:
+            # The ACK of a failure response is part of the INVITE transaction: same branch, same R-URI.
+            self.sock.sendto((f"ACK {req_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};branch={branch}\r\n"
+                              f"From: <sip:{number}@{host}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\n"
+                              "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), self.target)
+            with self._lock:
+                self._hold.pop(cid, None)
+            return
+        contact = re.search(r"<([^>]+)>", (hdrs.get("contact") or [""])[0])
+        target = contact.group(1) if contact else req_uri
+        routes = [r.strip() for rr in reversed(hdrs.get("record-route", [])) for r in reversed(rr.split(","))]
+        dialog = (f"Via: SIP/2.0/UDP {host}:{lport};branch=z9hG4bK{{branch}}\r\n"
+                  + "".join(f"Route: {r}\r\n" for r in routes)
+                  + f"From: <sip:{number}@{host}>;tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nMax-Forwards: 70\r\n")
+        ack = (f"ACK {target} SIP/2.0\r\n" + dialog.replace("{branch}", os.urandom(6).hex())
+               + "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+        self.sock.sendto(ack.encode(), self.target)
+        if first_final:
+            bye = (f"BYE {target} SIP/2.0\r\n" + dialog.replace("{branch}", os.urandom(6).hex())
+                   + "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+            with self._lock:
+                self._byes.append((t + hold, bye))
+
+    def _send_due_byes(self, now: float) -> None:
+        with self._lock:
+            due = [b for b in self._byes if b[0] <= now]
+            self._byes = [b for b in self._byes if b[0] > now]
+        for _, bye in due:
+            self.sock.sendto(bye.encode(), self.target)
+
+    def _reply(self, text: str, hdrs: dict[str, list[str]], status: str) -> None:
+        lines = [f"SIP/2.0 {status}"]
+        lines += [f"Via: {v}" for v in hdrs.get("via", [])]
+        for name in ("from", "to", "call-id", "cseq"):
+            lines += [f"{name.title()}: {v}" for v in hdrs.get(name, [])]
+        self.sock.sendto(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode(), self.target)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
