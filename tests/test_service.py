@@ -1,0 +1,388 @@
+"""The call handler with fake calls (no sockets): caller -> decision -> what was done -> the row written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from screener import audio, config, store
+from screener.numbers import parse_caller
+from screener.rules import Decision
+from screener.service import CallHandler, Service, capture_signals, phonebook_decision
+
+
+@dataclass
+class Info:
+    call_id: str = "call-1"
+    source: tuple[str, int] = ("192.0.2.1", 5060)
+    from_raw: str = "<sip:0212345678@fritz.box>;tag=1"
+    pai_raw: str | None = None
+    privacy: str | None = None
+    called: str = "<sip:0611111111@fritz.box>"
+    display_name: str = ""
+    from_provider: bool = True
+
+
+@dataclass
+class FakeCall:
+    """A scripted call: what the caller does, and a log of what the handler did."""
+
+    info: Info = field(default_factory=Info)
+    keys: list[str | None] = field(default_factory=list)  # successive wait_digit results
+    cancelled_while_ringing: bool = False  # CANCEL arrives before anything is answered
+    elsewhere: bool = False  # the CANCEL says another phone answered
+    hang_up_after_plays: int | None = None  # the caller hangs up after this many prompts
+    voice_seconds: float = 0.0  # what record() returns
+    stopped: bool = False
+    log: list[str] = field(default_factory=list)
+    end_reason: str | None = None
+    rows_at_first_action: list[tuple[str | None, str]] = field(default_factory=list)
+    db: store.Store | None = None
+    _ended: bool = False
+    _plays: int = 0
+
+    def _first_action(self) -> None:
+        if self.db is not None and not self.rows_at_first_action:
+            with self.db.read() as s:
+                self.rows_at_first_action = [(r.outcome, r.decision) for r in s.scalars(select(store.Call))]
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def answered_elsewhere(self) -> bool:
+        return self.elsewhere
+
+    def _end(self, reason: str) -> None:
+        self._ended = True
+        self.end_reason = self.end_reason or reason
+
+    def ring(self) -> bool:
+        self._first_action()
+        self.log.append("ring")
+        return not self._ended
+
+    def decline(self, code: int = 603) -> bool:
+        self._first_action()
+        if self.cancelled_while_ringing:
+            self._end("cancelled")
+            return False
+        self.log.append(f"decline {code}")
+        self._end("declined")
+        return True
+
+    def answer(self) -> bool:
+        self._first_action()
+        if self.cancelled_while_ringing:
+            self._end("cancelled")
+            return False
+        self.log.append("answer")
+        return True
+
+    def hangup(self) -> None:
+        self.log.append("hangup")
+        self._end("hangup")
+
+    def play(self, pcm: bytes, *, until_digit: bool = False) -> bool:
+        if self._ended:
+            return False
+        self._plays += 1
+        self.log.append(f"play {len(pcm)}")
+        if self.hang_up_after_plays is not None and self._plays >= self.hang_up_after_plays:
+            self._end("bye")
+        return not self._ended
+
+    def wait_digit(self, timeout: float) -> str | None:
+        if self._ended:
+            return None
+        key = self.keys.pop(0) if self.keys else None
+        self.log.append(f"digit {key}")
+        return key
+
+    def record(self, max_seconds: float, silence_seconds: float = 5.0) -> bytes:
+        self.log.append(f"record {max_seconds:g}")
+        n = int(min(self.voice_seconds, max_seconds) * 8000)
+        return struct.pack(f"<{n}h", *([3000, -3000] * (n // 2) + [0] * (n % 2)))
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        if self.cancelled_while_ringing or timeout is None:
+            self._end("stopped" if self.stopped else "cancelled")
+            return True
+        return self._ended
+
+
+PROMPTS = audio.Prompts(challenge=b"c" * 8000, passed=b"p" * 800, failed=b"f" * 1600, blocked=b"b" * 2400,
+                        voicemail=b"v" * 3200)
+
+
+@pytest.fixture
+def make(write_config):
+    """make(toml) -> (handler, db, cfg) on a fresh SQLite database."""
+    made: list[store.Store] = []
+
+    def _make(body: str = "") -> tuple[CallHandler, store.Store, config.Config]:
+        cfg = config.load(write_config(body))
+        db = store.Store(cfg.database_url)
+        store.upgrade(db)
+        made.append(db)
+        return CallHandler(cfg, db, PROMPTS), db, cfg
+
+    yield _make
+    for db in made:
+        db.dispose()
+
+
+def add(db: store.Store, list_: str, pattern: str) -> None:
+    with db.write() as s:
+        store.put_entry(s, list_, pattern)
+
+
+def rows(db: store.Store) -> list[store.Call]:
+    with db.read() as s:
+        return list(s.scalars(select(store.Call).order_by(store.Call.id)))
+
+
+PLAY_C = f"play {len(PROMPTS.challenge)}"
+PLAY_F = f"play {len(PROMPTS.failed)}"
+PLAY_B = f"play {len(PROMPTS.blocked)}"
+
+# (name, config, list entries, call, expected actions, expected outcome, decision)
+CASES = [
+    ("unknown caller passes", "", [], dict(keys=["5"], voice_seconds=2.0),
+     ["ring", "answer", PLAY_C, "digit 5", f"play {len(PROMPTS.passed)}", f"play {len(PROMPTS.voicemail)}",
+      "play 5600", "record 120", "hangup"], "passed", "screen"),
+    ("wrong key then right key on the repeat", "", [], dict(keys=["1", "5"]),
+     ["ring", "answer", PLAY_C, "digit 1", PLAY_C, "digit 5"], "passed", "screen"),
+    ("no key at all", "", [], dict(keys=[]),
+     ["ring", "answer", PLAY_C, "digit None", PLAY_C, "digit None", PLAY_F, "hangup"], "failed_challenge", "screen"),
+    ("wrong keys", "[screening]\nchallenge_repeats = 0\n", [], dict(keys=["9"]),
+     ["ring", "answer", PLAY_C, "digit 9", PLAY_F, "hangup"], "failed_challenge", "screen"),
+    ("caller hangs up during the challenge", "", [], dict(hang_up_after_plays=1),
+     ["ring", "answer", PLAY_C], "caller_hung_up", "screen"),
+    ("blocked number declined 603", "", [("block", "+390212345678")], {}, ["decline 603"], "blocked", "block"),
+    ("blocked prefix declined 607", "[screening]\ndecline_code = 607\n", [("block", "+39021*")], {},
+     ["decline 607"], "blocked", "block"),
+    ("blocked, answer and hang up", '[screening]\nblock_action = "hangup"\n', [("block", "+390212345678")], {},
+     ["answer", PLAY_B, "hangup"], "blocked", "block"),
+    ("allowed, answered elsewhere", "", [("allow", "+390212345678")], dict(elsewhere=True),
+     ["ring"], "answered_elsewhere", "allow"),
+    ("allowed, missed", "", [("allow", "+390212345678")], {}, ["ring"], "missed", "allow"),
+    ("internal call of the router", "", [], dict(info=Info(from_raw='"Kitchen" <sip:**622@fritz.box>;tag=2')),
+     ["ring"], "missed", "allow"),
+    ("withheld blocked by class", "", [("block", "class:withheld")],
+     dict(info=Info(from_raw="<sip:anonymous@anonymous.invalid>;tag=3")), ["decline 603"], "blocked", "block"),
+    ("Privacy: id means withheld", "", [("block", "class:withheld")], dict(info=Info(privacy="id")),
+     ["decline 603"], "blocked", "block"),
+    ("P-Asserted-Identity from the provider wins", "", [("block", "+393331234567")],
+     dict(info=Info(pai_raw="<tel:+393331234567>")), ["decline 603"], "blocked", "block"),
+    ("P-Asserted-Identity not from the provider is ignored", "", [("block", "+393331234567")],
+     dict(info=Info(pai_raw="<tel:+393331234567>", from_provider=False), keys=["5"]),
+     ["ring", "answer", PLAY_C, "digit 5"], "passed", "screen"),
+    ("cancelled during the screen delay", "[screening]\nscreen_delay = 3.0\n", [],
+     dict(cancelled_while_ringing=True, elsewhere=True), ["ring"], "answered_elsewhere", "screen"),
+    ("cancelled before it was answered", "", [], dict(cancelled_while_ringing=True), ["ring"], "missed", "screen"),
+    ("blocked but the CANCEL came first", "", [("block", "+390212345678")], dict(cancelled_while_ringing=True),
+     [], "missed", "block"),
+    ("service stopping while it rang", "", [("allow", "+390212345678")], dict(stopped=True),
+     ["ring"], "interrupted", "allow"),
+    ("default allow", '[screening]\ndefault_action = "allow"\n', [], {}, ["ring"], "missed", "allow"),
+    ("phonebook name allowed", "[screening]\ntrust_phonebook_names = true\n", [],
+     dict(info=Info(display_name="Zia Carla")), ["ring"], "missed", "allow"),
+    ("phonebook spam prefix blocked", "[screening]\ntrust_phonebook_names = true\n", [],
+     dict(info=Info(display_name="SPAM energy")), ["decline 603"], "blocked", "block"),
+    ("numeric display name is no contact", "[screening]\ntrust_phonebook_names = true\n", [],
+     dict(info=Info(display_name="0212345678"), keys=["5"]), ["ring", "answer", PLAY_C, "digit 5"], "passed",
+     "screen"),
+]
+
+
+@pytest.mark.parametrize("name,body,entries,script,actions,outcome,decision", CASES, ids=[c[0] for c in CASES])
+def test_call_table(make, name, body, entries, script, actions, outcome, decision):
+    handler, db, _ = make(body)
+    for list_, pattern in entries:
+        add(db, list_, pattern)
+    call = FakeCall(db=db, **script)
+    handler(call)
+    assert call.log[: len(actions)] == actions
+    (row,) = rows(db)
+    assert (row.outcome, row.decision) == (outcome, decision)
+    assert row.ended_at is not None and row.duration_s is not None
+    if call.rows_at_first_action:
+        # the row exists, still open, before the handler does anything to the call
+        assert call.rows_at_first_action == [(None, decision)]
+
+
+def test_row_fields_and_hit_count(make):
+    handler, db, _ = make()
+    add(db, "block", "+390212345678")
+    info = Info(call_id="abc@1", from_raw='"Ditta \x07X" <sip:0212345678@fritz.box>;tag=9', display_name="Ditta \x07X",
+                called="<sip:0611111111@fritz.box>")
+    handler(FakeCall(info=info))
+    (row,) = rows(db)
+    assert (row.call_id, row.source, row.e164, row.name, row.called_line) == (
+        "abc@1", "192.0.2.1:5060", "+390212345678", "Ditta X", "<sip:0611111111@fritz.box>")
+    assert row.rule == "block +390212345678" and row.rule_id is not None
+    with db.read() as s:
+        entry = s.get(store.ListEntry, row.rule_id)
+        assert entry.hit_count == 1 and entry.last_hit_at is not None
+
+
+def test_passed_caller_is_remembered_and_voicemail_saved(make):
+    handler, db, cfg = make()
+    handler(FakeCall(keys=["5"], voice_seconds=3.0))
+    (row,) = rows(db)
+    assert row.digits == "5"
+    path = cfg.data_path / row.voicemail_path
+    assert path.is_file() and row.voicemail_path.startswith("voicemail/")
+    assert len(audio.load_pcm(path)) == 3 * 16000
+    with db.read() as s:
+        entry = s.scalar(select(store.ListEntry).where(store.ListEntry.pattern == "+390212345678"))
+        assert (entry.list, entry.source) == ("allow", "verified")
+    # and the next call from the same number rings through
+    handler(FakeCall(info=Info(call_id="call-2")))
+    assert rows(db)[1].decision == "allow"
+
+
+def test_short_or_no_voicemail_is_not_kept(make):
+    handler, db, _ = make("[screening]\nremember_verified = false\n")
+    handler(FakeCall(keys=["5"], voice_seconds=0.3))
+    (row,) = rows(db)
+    assert row.outcome == "passed" and row.voicemail_path is None
+    with db.read() as s:
+        assert s.scalar(select(store.ListEntry)) is None
+
+
+def test_voicemail_disabled(make):
+    handler, db, _ = make("[screening]\nvoicemail = false\n")
+    call = FakeCall(keys=["5"], voice_seconds=3.0)
+    handler(call)
+    assert not any(a.startswith("record") for a in call.log)
+
+
+class HoldingCall(FakeCall):
+    """A screened call that stays in its challenge until released."""
+
+    def __init__(self, release: threading.Event, **kw) -> None:
+        super().__init__(**kw)
+        self.release = release
+
+    def wait_digit(self, timeout: float) -> str | None:
+        self.release.wait(5)
+        return "5"
+
+
+def test_beyond_max_screened_calls_the_call_rings_through(make):
+    handler, db, _ = make("[screening]\nmax_screened_calls = 1\nvoicemail = false\nremember_verified = false\n")
+    release = threading.Event()
+    first = HoldingCall(release, info=Info(call_id="first"))
+    t = threading.Thread(target=handler, args=(first,))
+    t.start()
+    deadline = time.monotonic() + 2
+    while "answer" not in first.log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = FakeCall(info=Info(call_id="second"))
+    handler(second)
+    release.set()
+    t.join(5)
+    assert "answer" not in second.log
+    by_id = {r.call_id: r for r in rows(db)}
+    assert by_id["second"].outcome == "over_capacity"
+    assert by_id["first"].outcome == "passed"
+
+
+def test_handler_error_marks_the_row_and_hangs_up(make):
+    handler, db, _ = make()
+
+    class Broken(FakeCall):
+        def wait_digit(self, timeout: float) -> str | None:
+            raise RuntimeError("boom")
+
+    call = Broken()
+    handler(call)
+    assert call.log[-1] == "hangup"
+    assert rows(db)[0].outcome == "interrupted"
+
+
+@pytest.mark.parametrize("name,prefixes,expected", [
+    ("Mario", ("SPAM",), "allow"), ("spam caller", ("SPAM",), "block"), ("+39 02 1234", ("SPAM",), "screen"),
+    ("", ("SPAM",), "screen"), ("Werbung GmbH", ("SPAM", "Werbung"), "block"),
+])
+def test_phonebook_decision(name, prefixes, expected):
+    caller = parse_caller("<sip:0212345678@fritz.box>", "IT", display_name=name)
+    assert phonebook_decision(caller, Decision("screen", None, "default"), prefixes).action == expected
+
+
+class FakeAgent:
+    instances: list[FakeAgent] = []
+
+    def __init__(self, sip_cfg, on_call, on_status) -> None:
+        self.on_call, self.on_status = on_call, on_status
+        self.started = self.stopped = False
+        FakeAgent.instances.append(self)
+
+    def start(self) -> None:
+        self.started = True
+        self.on_status(type("S", (), {"state": "registered", "last_error": None, "since": time.time()})())
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_service_start_closes_interrupted_rows_and_stores_status(write_config):
+    cfg = config.load(write_config(""))
+    db = store.Store(cfg.database_url)
+    store.upgrade(db)
+    with db.write() as s:
+        s.add(store.Call(call_id="left-open", decision="screen"))
+    svc = Service(cfg, db=db, agent_factory=FakeAgent)
+    svc.start()
+    try:
+        with db.read() as s:
+            assert s.scalar(select(store.Call)).outcome == "interrupted"
+            assert store.get_sip_status(s).state == "registered"
+        assert FakeAgent.instances[-1].on_call is svc.handler
+    finally:
+        svc.stop()
+    db2 = store.Store(cfg.database_url)
+    with db2.read() as s:
+        assert store.get_sip_status(s).state == "stopped"
+    db2.dispose()
+
+
+def test_service_refuses_a_broken_configured_prompt(write_config, tmp_path: Path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"nope")
+    cfg = config.load(write_config(f'[screening.prompts]\nchallenge = "{bad}"\n'))
+    svc = Service(cfg, agent_factory=FakeAgent)
+    assert svc.run() == 1
+
+
+def test_run_stops_on_sigterm_and_restores_handlers(write_config):
+    cfg = config.load(write_config(""))
+    before = signal.getsignal(signal.SIGTERM)
+    svc = Service(cfg, agent_factory=FakeAgent)
+    threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+    t0 = time.monotonic()
+    assert svc.run() == 0
+    assert time.monotonic() - t0 < 3
+    assert FakeAgent.instances[-1].stopped
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_capture_signals_restores_previous_handlers():
+    seen: list[str] = []
+    old_int = signal.getsignal(signal.SIGINT)
+    with capture_signals(lambda: seen.append("stop")):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert seen == ["stop"]
+    assert signal.getsignal(signal.SIGINT) is old_int
