@@ -291,8 +291,7 @@ class Service:
 
         cfg = self.cfg
         if self._db is None:
-            self._db = store.Store(cfg.database_url)
-            store.upgrade(self._db)
+            self._db = store.Store(cfg.database_url)  # the schema is brought up to date by `screener run`
         db = self._db
         with db.write() as s:
             n = store.close_interrupted(s, store.utcnow())
@@ -303,7 +302,6 @@ class Service:
         self.handler = CallHandler(cfg, db, prompts)
         factory = self._agent_factory or SipAgent
         self.agent = factory(cfg.sip, self.handler, self._on_status)
-        self._on_status_value("starting", "")
         self.agent.start()
 
     def _on_status(self, st: Any) -> None:
@@ -334,7 +332,7 @@ class Service:
         """Block until stop is requested (signal or request_stop()); False on timeout."""
         return self._stop.wait(timeout)
 
-    def run(self) -> int:
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
         """start(), wait for SIGINT/SIGTERM, stop(); 0 on a clean stop, 1 when it could not start."""
         with capture_signals(self.request_stop):
             try:
@@ -344,6 +342,8 @@ class Service:
                 self.stop()
                 return 1
             try:
+                if on_started is not None:
+                    on_started()
                 while not self.wait(1.0):
                     pass
             finally:
@@ -377,19 +377,21 @@ def run_service(cfg: Config, with_web: bool = False) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     service = Service(cfg)
-    web_thread = None
+    web_threads: list[threading.Thread] = []
     web_stop = threading.Event()
-    if with_web:
+
+    def start_web() -> None:
         # imported here only: screener's modules never depend on the dashboard (STYLE.md)
         import importlib
 
         web = importlib.import_module("web")
-        web_thread = threading.Thread(target=web.serve, args=(cfg,), kwargs={"stop": web_stop},
-                                      name="web", daemon=True)
-        web_thread.start()
+        t = threading.Thread(target=web.serve, args=(cfg,), kwargs={"stop": web_stop}, name="web", daemon=True)
+        t.start()
+        web_threads.append(t)
+
     try:
-        return service.run()
+        return service.run(on_started=start_web if with_web else None)
     finally:
         web_stop.set()
-        if web_thread is not None:
-            web_thread.join(6.0)
+        for t in web_threads:
+            t.join(6.0)

@@ -362,20 +362,34 @@ def test_service_refuses_a_broken_configured_prompt(write_config, tmp_path: Path
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"nope")
     cfg = config.load(write_config(f'[screening.prompts]\nchallenge = "{bad}"\n'))
+    migrated(cfg)
     svc = Service(cfg, agent_factory=FakeAgent)
     assert svc.run() == 1
 
 
+def migrated(cfg: config.Config) -> None:
+    db = store.Store(cfg.database_url)
+    store.upgrade(db)  # `screener run` does this before the service starts
+    db.dispose()
+
+
 def test_run_stops_on_sigterm_and_restores_handlers(write_config):
     cfg = config.load(write_config(""))
-    before = signal.getsignal(signal.SIGTERM)
-    svc = Service(cfg, agent_factory=FakeAgent)
-    threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
-    t0 = time.monotonic()
-    assert svc.run() == 0
-    assert time.monotonic() - t0 < 3
-    assert FakeAgent.instances[-1].stopped
-    assert signal.getsignal(signal.SIGTERM) is before
+    migrated(cfg)
+    def ignore(signum, frame) -> None:  # a stray SIGTERM must never end the test run itself
+        pass
+
+    original = signal.signal(signal.SIGTERM, ignore)
+    try:
+        svc = Service(cfg, agent_factory=FakeAgent)
+        threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+        t0 = time.monotonic()
+        assert svc.run() == 0
+        assert time.monotonic() - t0 < 3
+        assert FakeAgent.instances[-1].stopped
+        assert signal.getsignal(signal.SIGTERM) is ignore
+    finally:
+        signal.signal(signal.SIGTERM, original)
 
 
 def test_capture_signals_restores_previous_handlers():

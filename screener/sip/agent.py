@@ -48,6 +48,7 @@ USER_AGENT = f"screener/{__version__}"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
 MAX_DIALOGS = 256  # beyond this new INVITEs get 486: only this branch ends, the house keeps ringing
 UNTRUSTED_LOG_INTERVAL = 60.0
+REBIND_KEEPALIVES = 4  # refresh the registration at least every 4 keepalive intervals
 
 
 @dataclass(frozen=True)
@@ -1129,7 +1130,11 @@ class SipAgent:
                 granted = granted or self._expires
                 self._set_status("registered", None, granted)
                 lo, hi = self.timing.refresh
-                refresh_at = time.monotonic() + max(1.0, granted * random.uniform(lo, hi))
+                period = granted * random.uniform(lo, hi)
+                if self.cfg.keepalive_interval:
+                    # a registrar that restarts between two pings forgets us without a sign: rebind often
+                    period = min(period, REBIND_KEEPALIVES * self.cfg.keepalive_interval)
+                refresh_at = time.monotonic() + max(1.0, period)
                 if not self._keepalive_until(refresh_at):
                     failures = 1
                     delay = backoff_delay(failures, self.timing)
