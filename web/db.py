@@ -6,7 +6,11 @@ the view returned a non-error response so that a failed commit still becomes a 5
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.orm import Session
@@ -15,14 +19,48 @@ from screener.config import Config
 from screener.store import Store
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+T = TypeVar("T")
 
 
 def init_app(app: Flask, cfg: Config, store: Store) -> None:
     """Attach the config and store to `app` and register the session lifecycle hooks."""
     app.extensions["screener.config"] = cfg
     app.extensions["screener.store"] = store
+    app.extensions["screener.cache"] = TTLCache()
     app.after_request(_commit)
     app.teardown_appcontext(_close)
+
+
+class TTLCache:
+    """A few aggregates that are costly to compute and fine to show a little late (per process)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._items: dict[Hashable, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get(self, key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
+        now = self._clock()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]  # type: ignore[no-any-return]
+        value = compute()
+        with self._lock:
+            if len(self._items) > 256:
+                self._items = {k: v for k, v in self._items.items() if v[0] > now}
+            self._items[key] = (now + ttl, value)
+        return value
+
+
+def cached(key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
+    """`compute()`, remembered for `ttl` seconds under `key` in this app."""
+    cache: TTLCache = current_app.extensions["screener.cache"]
+    return cache.get(key, ttl, compute)
 
 
 def config() -> Config:
@@ -48,6 +86,8 @@ def _commit(response: Response) -> Response:
     s: Session | None = g.get("db_session")
     if s is not None and s.in_transaction() and response.status_code < 400 and request.method not in _SAFE_METHODS:
         s.commit()
+        # This process changed data: cached aggregates may be stale now (other writers are covered by the TTL).
+        current_app.extensions["screener.cache"].clear()
     return response
 
 

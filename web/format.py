@@ -7,7 +7,9 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from flask import Flask
+from flask import Flask, request, url_for
+from flask_babel import gettext
+from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 
 from screener.numbers import national_format
@@ -70,8 +72,15 @@ def printable(value: object) -> object:
     return value
 
 
+def actions_text() -> dict[str, str]:
+    """What every row's block/allow form needs, computed once per page (translations, token, return path)."""
+    return {"action": url_for("lists.quick"), "token": generate_csrf(), "next": request.full_path.rstrip("?"),
+            "block": gettext("Block"), "allow": gettext("Allow"), "range": gettext("Range")}
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.finalize = printable
+    app.add_template_global(actions_text)
     app.add_template_filter(localtime)
     app.add_template_filter(national)
     app.add_template_filter(duration)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, g
 from flask_babel import lazy_gettext as _l
 
 LABELS = {
@@ -25,9 +25,13 @@ LABELS = {
 
 
 def label(kind: str, value: object) -> str:
-    """The translated name of `value`, or the value itself when it has none."""
-    text = LABELS.get(kind, {}).get(value)  # type: ignore[call-overload]
-    return str(text) if text is not None else ("" if value is None else str(value))
+    """The translated name of `value`, or the value itself when it has none (memoised per request)."""
+    memo: dict[tuple[str, object], str] = g.setdefault("labels", {})
+    key = (kind, value)
+    if key not in memo:
+        text = LABELS.get(kind, {}).get(value)  # type: ignore[call-overload]
+        memo[key] = str(text) if text is not None else ("" if value is None else str(value))
+    return memo[key]
 
 
 def init_app(app: Flask) -> None:

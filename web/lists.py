@@ -3,12 +3,13 @@ suggestions, and the one-click block/allow (with undo) the log and number pages 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
-from sqlalchemy import distinct, func, or_, select
+from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from screener import csvio
@@ -60,15 +61,8 @@ def range_suggestions(s: Session, since: datetime, *, drop: int = 3, min_calls: 
                       limit: int = 10) -> list[tuple[str, int, int]]:
     """Ranges (number minus its last `drop` digits) with at least `min_calls` calls from two or more numbers
     since `since`, not already allowed or blocked as a whole: (pattern, calls, numbers), busiest first."""
-    prefix = func.substr(Call.e164, 1, func.length(Call.e164) - drop)
-    rows = s.execute(
-        select(prefix.label("p"), func.count().label("n"), func.count(distinct(Call.e164)).label("k"))
-        .where(Call.started_at >= since, Call.e164.is_not(None), Call.decision != "allow")
-        .group_by(prefix)
-        .having(func.count(distinct(Call.e164)) >= 2, func.count() >= min_calls)
-        .order_by(func.count().desc())
-        .limit(limit * 3)
-    ).all()
+    rows = db.cached(("busy_ranges", since, drop, min_calls, limit), 60.0,
+                     lambda: _busy_ranges(s, since, drop, min_calls, limit * 3))
     candidates = {p: [p[:i] + "*" for i in range(len(p), 2, -1)] for p, _n, _k in rows if p and len(p) > 4}
     wanted = {c for cs in candidates.values() for c in cs}
     covered = set(s.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_(wanted),
@@ -76,6 +70,19 @@ def range_suggestions(s: Session, since: datetime, *, drop: int = 3, min_calls: 
         if wanted else set()
     out = [(p + "*", n, k) for p, n, k in rows if p in candidates and not covered & set(candidates[p])]
     return out[:limit]
+
+
+def _busy_ranges(s: Session, since: datetime, drop: int, min_calls: int, limit: int) -> list[tuple[str, int, int]]:
+    prefix = func.substr(Call.e164, 1, func.length(Call.e164) - drop)
+    rows = s.execute(
+        select(prefix.label("p"), func.count().label("n"), func.count(distinct(Call.e164)).label("k"))
+        .where(Call.started_at >= since, Call.e164.is_not(None), Call.decision != "allow")
+        .group_by(prefix)
+        .having(func.count(distinct(Call.e164)) >= 2, func.count() >= min_calls)
+        .order_by(func.count().desc())
+        .limit(limit)
+    ).all()
+    return [(p, n, k) for p, n, k in rows]
 
 
 @bp.get("")
@@ -88,20 +95,44 @@ def index() -> str:
     stmt = select(ListEntry)
     if which in ACTIONS:
         stmt = stmt.where(ListEntry.list == which)
+    by_number = False
     if q:
-        stmt = stmt.where(or_(ListEntry.pattern.icontains(q, autoescape=True),
-                              ListEntry.label.icontains(q, autoescape=True)))
+        cond, by_number = _search(q, db.config().screening.region)
+        stmt = stmt.where(cond)
     if after:
         stmt = stmt.where(ListEntry.pattern > after)
-    entries = list(s.scalars(stmt.order_by(ListEntry.pattern).limit(PAGE_SIZE + 1)))
+    # With a text filter, sorting the few matches beats walking the whole pattern index in order and
+    # fetching every row to test it (5x faster at 100,000 entries); `|| ''` keeps the planner off the index.
+    order = (ListEntry.pattern + "") if q and not by_number else ListEntry.pattern
+    entries = list(s.scalars(stmt.order_by(order).limit(PAGE_SIZE + 1)))
     more = entries[PAGE_SIZE - 1].pattern if len(entries) > PAGE_SIZE else None
-    counts = dict(s.execute(select(ListEntry.list, func.count()).group_by(ListEntry.list)).all())
+    counts = db.cached("list_counts", 30.0, lambda: dict(
+        s.execute(select(ListEntry.list, func.count()).group_by(ListEntry.list)).all()))
     return render_template(
         "lists.html", entries=entries[:PAGE_SIZE], more=more, which=which, q=q, after=after, counts=counts,
         presets=PRESETS, classes=CLASSES, actions=ACTIONS,
-        suggestions=range_suggestions(s, utcnow() - timedelta(days=30)),
+        suggestions=range_suggestions(s, _last_month()),
         report=None,
     )
+
+
+def _search(q: str, region: str) -> tuple[ColumnElement[bool], bool]:
+    """(condition, whether it is an index range on pattern): a number or its beginning searches patterns on
+    the index; other text searches patterns and labels."""
+    compact = re.sub(r"[\s\-.()/*]", "", q)
+    if re.fullmatch(r"\+?\d{2,16}", compact):
+        try:
+            prefix = normalize_pattern(compact + "*", region)[:-1]
+        except ValueError:
+            prefix = ""
+        if len(prefix) > 1:
+            return and_(ListEntry.pattern >= prefix, ListEntry.pattern < prefix + ":"), True
+    return or_(ListEntry.pattern.icontains(q, autoescape=True), ListEntry.label.icontains(q, autoescape=True)), False
+
+
+def _last_month() -> datetime:
+    # Rounded to the minute, so that the busy-range aggregate below can be cached for that long.
+    return (utcnow() - timedelta(days=30)).replace(second=0, microsecond=0)
 
 
 def _form_entry(region: str) -> tuple[str, str, str, Any]:

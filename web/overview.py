@@ -18,6 +18,7 @@ from web.format import local_day_start, zone
 from web.labels import label
 
 bp = Blueprint("overview", __name__)
+PAST_DAYS_TTL = 300.0
 
 
 def outcome_counts(s: Session, since: datetime) -> dict[str, int]:
@@ -27,24 +28,38 @@ def outcome_counts(s: Session, since: datetime) -> dict[str, int]:
     return {o: n for o, n in rows}
 
 
-def per_day(s: Session, first: date, days: int) -> dict[str, list[int]]:
-    """Calls per local day by outcome for `days` days from `first`: counted per UTC hour in SQL, then placed
-    on local days here, which stays right across daylight-saving changes."""
+def per_day(s: Session, first: date, days: int, *, since: datetime | None = None,
+            until: datetime | None = None) -> dict[str, list[int]]:
+    """Calls per local day by outcome for `days` days from `first` (optionally only those in [since, until)):
+    counted per UTC hour in SQL, then placed on local days here, which stays right across DST changes."""
     tz = zone()
-    since = local_day_start(first, tz)
+    since = since or local_day_start(first, tz)
     if s.get_bind().dialect.name == "postgresql":
         hour = func.to_char(Call.started_at, "YYYY-MM-DD HH24")
     else:
         hour = func.strftime("%Y-%m-%d %H", Call.started_at)
-    rows = s.execute(select(hour, Call.outcome, func.count())
-                     .where(Call.outcome.in_(OUTCOMES), Call.started_at >= since).group_by(hour, Call.outcome)).all()
+    stmt = select(hour, Call.outcome, func.count()).where(Call.outcome.in_(OUTCOMES), Call.started_at >= since)
+    if until is not None:
+        stmt = stmt.where(Call.started_at < until)
     out = {o: [0] * days for o in OUTCOMES}
-    for h, outcome, n in rows:
-        local_day = datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC).astimezone(tz).date()
-        i = (local_day - first).days
+    slot: dict[str, int] = {}  # hour -> day index; ~720 hours but ~8x as many rows
+    for h, outcome, n in s.execute(stmt.group_by(hour, Call.outcome)).all():
+        i = slot.get(h)
+        if i is None:
+            utc = datetime(int(h[:4]), int(h[5:7]), int(h[8:10]), int(h[11:13]), tzinfo=UTC)
+            i = slot[h] = (utc.astimezone(tz).date() - first).days
         if 0 <= i < days:
             out[outcome][i] += n
     return out
+
+
+def chart_counts(s: Session, first: date, today: date) -> dict[str, list[int]]:
+    """per_day() up to today; the days before today change rarely, so they are cached for a few minutes."""
+    days = (today - first).days + 1
+    midnight = local_day_start(today, zone())
+    past = db.cached(("per_day", first, today), PAST_DAYS_TTL, lambda: per_day(s, first, days, until=midnight))
+    now = per_day(s, first, days, since=midnight)
+    return {o: [a + b for a, b in zip(past[o], now[o], strict=True)] for o in OUTCOMES}
 
 
 @bp.get("/")
@@ -57,7 +72,7 @@ def index() -> str:
     today_counts = outcome_counts(s, local_day_start(today, tz))
     blocked_week = outcome_counts(s, local_day_start(week_start, tz)).get("blocked", 0)
     first = today - timedelta(days=29)
-    counts = per_day(s, first, 30)
+    counts = chart_counts(s, first, today)
     days = [first + timedelta(days=i) for i in range(30)]
     series = [(o, label("outcome", o), counts[o]) for o in OUTCOMES if any(counts[o])]
     chart = stacked_bars(days, series, title=_("Calls per day by outcome, last 30 days"))

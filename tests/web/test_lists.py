@@ -142,6 +142,10 @@ def test_list_filter_search_and_pages(auth: Any, web_store: store.Store) -> None
     body = auth.get("/lists", query_string={"after": "+390200000099", "list": "block"}).get_data(as_text=True)
     assert body.count('<td class="pattern">') == 50
     assert auth.get("/lists", query_string={"q": "%_'\\"}).status_code == 200
+    body = auth.get("/lists", query_string={"q": "02 0000 0012"}).get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 1 and "+390200000012" in body  # a number searches patterns
+    body = auth.get("/lists", query_string={"q": "02 0000 001"}).get_data(as_text=True)
+    assert body.count('<td class="pattern">') == 10
 
 
 def test_edit_missing_entry_is_404(auth: Any) -> None:
