@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from screener.numbers import parse_caller
 from screener.rules import normalize_pattern
-from screener.store import OUTCOMES, Call, ListEntry
+from screener.store import OUTCOMES, Call, ListEntry, utcnow
 from web import db
 from web.format import local_day_start, zone
 
 bp = Blueprint("calls", __name__)
 PAGE_SIZE = 50
+NAME_SEARCH_WINDOW = timedelta(days=30)
 DECISIONS = ("allow", "block", "screen")
 _SEPARATORS = re.compile(r"[\s\-.()/]")
 _CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+)_(\d{1,18})")
@@ -79,6 +80,10 @@ class CallFilter:
         decision = args.get("decision", "")
         return cls(day("from"), day("to"), outcome if outcome in OUTCOMES else "",
                    decision if decision in DECISIONS else "", (args.get("q") or "").strip()[:100], tuple(errors))
+
+    def _replace_q(self) -> CallFilter:
+        """The same filter without its text: to ask whether any older calls exist at all, on the index."""
+        return replace(self, q="")
 
     def args(self) -> dict[str, str]:
         """The filter as query arguments (for links that keep it)."""
@@ -162,17 +167,44 @@ def current_lists(s: Session, numbers: Sequence[str | None]) -> dict[str, str]:
     return dict(s.execute(select(ListEntry.pattern, ListEntry.list).where(ListEntry.pattern.in_(wanted))).all())
 
 
+def is_number_query(q: str) -> bool:
+    return bool(re.fullmatch(r"\+?\d{2,16}", _SEPARATORS.sub("", q)))
+
+
 @bp.get("/calls")
 def index() -> str:
     """The call log."""
     cfg = db.config()
     f = CallFilter.from_args(request.args)
     s = db.session()
-    rows, older, newer = page(s, filtered(f, cfg.screening.region),
-                              before=Cursor.parse(request.args.get("before")),
-                              after=Cursor.parse(request.args.get("after")))
+    before, after = Cursor.parse(request.args.get("before")), Cursor.parse(request.args.get("after"))
+    stmt = filtered(f, cfg.screening.region)
+    window: tuple[datetime, datetime] | None = None
+    if f.q and not is_number_query(f.q):
+        # No index serves a substring of a name: search one stretch of time per page, so that a rare name
+        # costs what a common one does (a million-row scan would take half a second), and offer to go on.
+        floor = local_day_start(f.day_from, zone()) if f.day_from else None
+        if after is not None:
+            lo, hi = after.started_at, after.started_at + NAME_SEARCH_WINDOW
+            stmt = stmt.where(Call.started_at < hi)
+        else:
+            hi = before.started_at if before else utcnow()
+            lo = hi - NAME_SEARCH_WINDOW
+            if floor is not None:
+                lo = max(lo, floor)
+            stmt = stmt.where(Call.started_at >= lo)
+        window = (lo, hi)
+    rows, older, newer = page(s, stmt, before=before, after=after)
+    if window is not None:
+        lo, hi = window
+        if older is None and after is None and s.scalar(
+                filtered(f._replace_q(), cfg.screening.region).with_only_columns(Call.id)
+                .where(Call.started_at < lo).limit(1)) is not None:
+            older = Cursor(lo, 0)
+        if newer is None and after is not None and hi < utcnow():
+            newer = Cursor(hi, 0)
     return render_template("calls.html", calls=rows, f=f, older=older, newer=newer, outcomes=OUTCOMES,
-                           decisions=DECISIONS, on_list=current_lists(s, [c.e164 for c in rows]))
+                           decisions=DECISIONS, on_list=current_lists(s, [c.e164 for c in rows]), window=window)
 
 
 def init_app(app: Flask) -> None:

@@ -160,3 +160,20 @@ def test_quick_rejects_bad_input(auth: Any, op: str, web_store: store.Store) -> 
 def test_state_changes_only_by_post(auth: Any) -> None:
     for url in ["/lists/quick", "/lists/undo", "/lists/add", "/logout", "/lists/1/delete"]:
         assert auth.get(url).status_code == 405
+
+
+def test_name_search_goes_back_one_window_at_a_time(auth: Any, add_call: Callable[..., int]) -> None:
+    add_call("+33162000000", name="Vendeur", ago=timedelta(days=45))
+    add_call("+390212345678", name="Mario", ago=timedelta(days=1))
+    body = auth.get("/calls", query_string={"q": "vendeur"}).get_data(as_text=True)
+    assert rows(body) == 0 and "Names searched from" in body
+    older = html.unescape(re.search(r'href="([^"]+before=[^"]+)" class="button">Older', body)[1])
+    body = auth.get(older).get_data(as_text=True)
+    assert rows(body) == 1 and "Vendeur" in body
+    assert "class=\"button\">Older" not in body  # nothing older exists: no endless paging
+    newer = html.unescape(re.search(r'href="([^"]+after=[^"]+)" class="button">', body)[1])
+    assert rows(auth.get(newer).get_data(as_text=True)) == 0
+    # A From date is a floor for the search, not a reason to scan more than one window per page.
+    since = (utcnow() - timedelta(days=60)).date().isoformat()
+    body = auth.get("/calls", query_string={"q": "vendeur", "from": since}).get_data(as_text=True)
+    assert rows(body) == 0
