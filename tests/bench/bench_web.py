@@ -184,6 +184,7 @@ def main(argv: list[str]) -> int:
                 ("number search", "/calls?" + urlencode({"q": info["hot_national"]})),
                 ("number page", f"/numbers/{hot}"),
                 ("name search", "/calls?" + urlencode({"q": "bianchi"})),
+                ("name search, no match", "/calls?" + urlencode({"q": "nobody at all"})),
                 ("overview", "/"),
                 ("lists", "/lists"),
                 ("lists, search", "/lists?" + urlencode({"q": "bench 4242"})),
