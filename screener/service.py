@@ -104,8 +104,25 @@ class CallHandler:
         self.tz = ZoneInfo(self.sc.timezone)
         self.voicemail_dir = cfg.data_path / "voicemail"
         self._screening = threading.BoundedSemaphore(self.sc.max_screened_calls)
+        self._active = 0
+        self._idle = threading.Condition()
 
     def __call__(self, call: LineCall) -> None:
+        with self._idle:
+            self._active += 1
+        try:
+            self._handle(call)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is being handled (their rows are complete); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def _handle(self, call: LineCall) -> None:
         info = call.info
         started = self.now()
         caller = caller_of(info, self.sc.region)
@@ -127,6 +144,9 @@ class CallHandler:
             rec.outcome = "interrupted"
             if not call.ended:
                 call.hangup()
+        else:
+            if call.end_reason == "stopped" and rec.outcome not in ("blocked", "passed"):
+                rec.outcome = "interrupted"  # the service stopped during the call
         finally:
             self._close_row(row_id, rec, started)
 
@@ -321,6 +341,8 @@ class Service:
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
+            if self.handler is not None:
+                self.handler.wait_idle(1.0)
             self._on_status_value("stopped", "")
         if self._db is not None:
             self._db.dispose()

@@ -64,7 +64,7 @@ class FakeCall:
 
     def _end(self, reason: str) -> None:
         self._ended = True
-        self.end_reason = self.end_reason or reason
+        self.end_reason = self.end_reason or ("stopped" if self.stopped else reason)
 
     def ring(self) -> bool:
         self._first_action()
@@ -194,6 +194,8 @@ CASES = [
      [], "missed", "block"),
     ("service stopping while it rang", "", [("allow", "+390212345678")], dict(stopped=True),
      ["ring"], "interrupted", "allow"),
+    ("service stopping during the challenge", "", [], dict(stopped=True, hang_up_after_plays=1),
+     ["ring", "answer", PLAY_C], "interrupted", "screen"),
     ("default allow", '[screening]\ndefault_action = "allow"\n', [], {}, ["ring"], "missed", "allow"),
     ("phonebook name allowed", "[screening]\ntrust_phonebook_names = true\n", [],
      dict(info=Info(display_name="Zia Carla")), ["ring"], "missed", "allow"),

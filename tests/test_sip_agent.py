@@ -51,6 +51,21 @@ def test_decline_goes_out_within_milliseconds(provider):
         assert worst < 0.1, f"INVITE -> 603 took {worst * 1000:.1f} ms"
 
 
+def test_declined_calls_are_released(provider):
+    # B1: pyVoIP's deny() raised after its 486 and never ended or released the call
+    before = threading.active_count()
+    with running_agent(provider, Recorder(lambda c: c.decline(603))) as agent:
+        for i in range(30):
+            provider.send(invite(agent.local_port, provider, f"rel{i}"), agent_addr(agent))
+            provider.ack(provider.expect(lambda m, i=i: m.status == 603 and m.call_id == f"rel{i}"), agent_addr(agent))
+        assert agent.active_calls == 0
+        deadline = time.monotonic() + 64 * 0.05 + 2  # records stay 64*T1 for retransmissions, then go
+        while agent.tracked_calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.tracked_calls == 0
+        assert threading.active_count() <= before + 3  # the agent's own threads only
+
+
 def test_decline_607_and_100_trying_first(provider):
     with running_agent(provider, Recorder(lambda c: c.decline(607))) as agent:
         provider.send(invite(agent.local_port, provider), agent_addr(agent))

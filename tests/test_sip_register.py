@@ -129,6 +129,19 @@ def test_refreshes_within_the_granted_expiry(registrar):
         assert again.call_id == first.call_id and again.cseq[0] > first.cseq[0]
 
 
+def test_proxy_authentication_407(registrar):
+    # a provider's outbound proxy challenges with 407: answered with Proxy-Authorization
+    st = Statuses()
+    with running_agent(registrar, Recorder(), register=True, on_status=st):
+        req = registrar.expect(method("REGISTER"))
+        chal = 'Proxy-Authenticate: Digest realm="proxy.example", nonce="p1", qop="auth"'
+        registrar.send(reply(req, 407, "Proxy Authentication Required", chal), req_source(req))
+        req = registrar.expect(method("REGISTER"))
+        check_digest(req.get("proxy-authorization"), "REGISTER", "secret")
+        registrar.send(reply(req, 200, "OK", "Expires: 60"), req_source(req))
+        st.wait("registered")
+
+
 def test_423_retries_with_min_expires(registrar):
     with running_agent(registrar, Recorder(), register=True, register_expires=30):
         req = registrar.expect(method("REGISTER"))

@@ -356,6 +356,12 @@ class SipAgent:
         return self.sock.getsockname()[1] if self.sock else self.cfg.sip_port
 
     @property
+    def tracked_calls(self) -> int:
+        """Call records held, ended ones included until their retransmission window closes."""
+        with self._lock:
+            return len(self._calls)
+
+    @property
     def active_calls(self) -> int:
         with self._lock:
             return sum(1 for c in self._calls.values() if not c.ended)
@@ -774,6 +780,7 @@ class SipAgent:
             msg = parse(data)
         except ParseError:
             return
+        # B17: a response belongs to the request whose branch it carries; anything else is not its answer
         with self._lock:
             tx = self._client_tx.get(msg.branch)
         if tx is None:
@@ -931,7 +938,8 @@ class SipAgent:
         return call.addr  # a name we will not resolve on the socket thread: the hop that sent the INVITE
 
     def _end(self, call: Call, reason: str, keep: bool = False) -> None:
-        """Mark the call over; its record stays 32 s to absorb retransmissions, then goes (B1)."""
+        """Mark the call over; its record stays 64*T1 to absorb retransmissions, then goes."""
+        # B1: every way a call ends (decline included) releases its media and, later, its record
         with self._lock:
             if call.end_reason is None:
                 call.end_reason = reason
@@ -1106,6 +1114,7 @@ class SipAgent:
 
     def _granted(self, resp: Message, requested: int) -> int:
         """The expiry the registrar granted to our Contact (its expires param, else Expires)."""
+        # B17: the refresh follows what the registrar granted, not a hard-coded 115 s
         ours = f"{format_host(self.contact_host)}:{self.local_port}"
         for c in resp.get_all("contact"):
             try:

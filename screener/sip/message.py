@@ -219,6 +219,7 @@ def check_request(msg: Message) -> None:
     for h in ("from", "to"):
         if len(msg.get_all(h)) > 1:
             raise ParseError(f"duplicate {pretty(h)}")
+        # B10: only the name-addr syntax is checked here; tel:, sips: and other schemes are fine
         name_addr(msg.get(h) or "")
     mf = msg.get("max-forwards")
     if mf is not None and not mf.strip().isdigit():
