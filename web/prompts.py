@@ -4,24 +4,20 @@ shipped screener/prompts/NAME_LANG.wav they replace."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-import screener
-from screener.config import PromptsConfig
+from screener import audio as line_audio
 from web import db
-from web.wav import to_telephone_wav
 
 bp = Blueprint("prompts", __name__, url_prefix="/prompts")
-NAMES = tuple(f.name for f in fields(PromptsConfig))
+NAMES = line_audio.PROMPT_NAMES
 LANGS = ("en", "it")
-SHIPPED = Path(screener.__file__).parent / "prompts"
+SHIPPED = line_audio.SHIPPED
 DESCRIPTIONS = {
     "challenge": _l("asks an unknown caller to press a key"), "passed": _l("played before ringing the house"),
     "failed": _l("played when the caller did not press the key"), "blocked": _l("played to blocked callers"),
@@ -78,17 +74,14 @@ def upload(name: str, lang: str) -> Response:
         flash(_("Choose a WAV file."), "error")
         return redirect(url_for("prompts.index"))
     try:
-        data = to_telephone_wav(f.read())
+        pcm = line_audio.to_line_pcm(f.read())
     except ValueError as e:
         flash(_("%(f)s was not used: %(e)s", f=f.filename, e=str(e)), "error")
         return redirect(url_for("prompts.index"))
-    target = custom_dir() / f"{p.name}_{p.lang}.wav"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and renamed, so the SIP side never plays a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, target)
+    if not pcm:
+        flash(_("%(f)s was not used: %(e)s", f=f.filename, e="no audio"), "error")
+        return redirect(url_for("prompts.index"))
+    line_audio.write_wav(custom_dir() / f"{p.name}_{p.lang}.wav", pcm)  # atomic: the line never plays half a file
     flash(_("The %(n)s prompt (%(l)s) now uses your recording.", n=p.name, l=p.lang), "info")
     return redirect(url_for("prompts.index"))
 

@@ -18,7 +18,6 @@ from screener import config, store
 from screener.store import Call, NumberNote, set_sip_status, utcnow
 from web import create_app
 from web.chart import _nice_max
-from web.wav import to_telephone_wav
 
 
 def make_wav(rate: int = 44100, channels: int = 2, width: int = 2, seconds: float = 0.5) -> bytes:
@@ -153,7 +152,8 @@ def test_prompt_upload_converts_and_restore(auth: Any, web_cfg: config.Config) -
     assert "now uses your recording" in r.get_data(as_text=True)
     target = web_cfg.resolve(web_cfg.data_dir) / "prompts" / "challenge_it.wav"
     with wave.open(str(target)) as w:
-        assert (w.getframerate(), w.getsampwidth(), w.getnchannels(), w.getnframes()) == (8000, 2, 1, 4000)
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
+        assert abs(w.getnframes() - 4000) <= 2
     with auth.get("/prompts/challenge/it/custom.wav") as r:
         assert r.status_code == 200
     auth.post("/prompts/challenge/it/restore")
@@ -173,32 +173,6 @@ def test_prompt_upload_rejects_non_wav(auth: Any, web_cfg: config.Config, data: 
                                  "/prompts/nope/en/shipped.wav", "/prompts/challenge/en/other.wav"])
 def test_prompt_audio_only_known_names(auth: Any, url: str) -> None:
     assert auth.get(url).status_code == 404
-
-
-@pytest.mark.parametrize("rate, channels, width", [(8000, 1, 2), (44100, 2, 2), (16000, 1, 1), (48000, 2, 3),
-                                                   (22050, 1, 4), (6000, 1, 2)])
-def test_wav_conversion(rate: int, channels: int, width: int) -> None:
-    out = to_telephone_wav(make_wav(rate, channels, width, seconds=1.0))
-    with wave.open(io.BytesIO(out)) as w:
-        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
-        assert w.getnframes() == 8000
-
-
-def test_wav_conversion_keeps_the_signal() -> None:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((1000).to_bytes(2, "little", signed=True) * 2 * 16000)
-    with wave.open(io.BytesIO(to_telephone_wav(buf.getvalue()))) as w:
-        frames = w.readframes(10)
-    assert frames == (1000).to_bytes(2, "little", signed=True) * 10
-
-
-def test_wav_too_long() -> None:
-    with pytest.raises(ValueError, match="longer than 1 seconds"):
-        to_telephone_wav(make_wav(8000, 1, seconds=2), max_seconds=1)
 
 
 # --- settings and i18n ----------------------------------------------------------------------------------
@@ -248,3 +222,10 @@ def test_calls_recent_helper_matches_log_order(add_call: Callable[..., int], web
     with web_store.read() as s:
         assert [c.id for c in s.scalars(select(Call).order_by(Call.started_at.desc()))] == [b, a]
     assert utcnow()
+
+
+def test_prompts_page_plays_the_shipped_prompts(auth: Any) -> None:
+    body = auth.get("/prompts").get_data(as_text=True)
+    assert 'src="/prompts/challenge/it/shipped.wav"' in body
+    with auth.get("/prompts/challenge/it/shipped.wav") as r:
+        assert r.status_code == 200 and r.mimetype == "audio/wav"
