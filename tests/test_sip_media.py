@@ -219,3 +219,20 @@ def test_digits_and_recording_through_a_call(far):
         assert 0.8 * 16000 <= len(result["audio"]) <= 16000  # type: ignore[arg-type]
     finally:
         provider.close()
+
+
+@pytest.mark.parametrize("packet", [
+    b"", b"\x80", b"\x80\x00\x00", rtp(101, 1, 1, b"\x05"), dtmf(16, 5), dtmf(255, 6),
+    b"\x90\x00" + b"\x00" * 10 + b"\x00\x01",  # header extension longer than the packet
+    b"\xa0\x00" + b"\x00" * 10 + b"\xff",  # padding longer than the packet
+    b"\x8f\x00" + b"\x00" * 10,  # 15 CSRCs announced, none there
+])
+def test_parse_packet_never_raises(pool, far, packet):
+    # B7: pyVoIP's parser raised on these, and the exception ended its receive thread
+    digits: list[str] = []
+    s = RtpSession(pool, pool.bind(), "PCMU", 0, 101, far.addr, on_digit=digits.append)
+    try:
+        s.parse_packet(packet)
+        assert digits == []
+    finally:
+        s.stop()
