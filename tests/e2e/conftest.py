@@ -35,9 +35,12 @@ def ports() -> Ports:
 
 
 @pytest.fixture
-def kamailio(tmp_path: Path, ports: Ports) -> Iterator[Kamailio]:
-    """The provider: a forking registrar on 127.0.0.1, empty location table."""
-    k = Kamailio(tmp_path / "kamailio", ports.kamailio, PASSWORD)
+def kamailio(request: pytest.FixtureRequest, tmp_path: Path, ports: Ports) -> Iterator[Kamailio]:
+    """The provider: a forking registrar on 127.0.0.1, empty location table.
+
+    Parametrize indirectly with a dict (max_expires=..., min_expires=...) to change the registrar.
+    """
+    k = Kamailio(tmp_path / "kamailio", ports.kamailio, PASSWORD, **getattr(request, "param", {}))
     k.start()
     try:
         yield k
@@ -93,16 +96,20 @@ def call(tmp_path: Path, ports: Ports) -> Iterator[Callable[..., Sipp]]:
 
 
 @pytest.fixture
-def make_screener(tmp_path: Path, ports: Ports) -> Iterator[Callable[..., Screener]]:
-    """Factory: make_screener(sip={...}, screening={...}) writes the config; .start() runs `screener run`.
+def make_screener(tmp_path: Path, ports: Ports, kamailio: Kamailio) -> Iterator[Callable[..., Screener]]:
+    """Factory: make_screener(sip={...}, screening={...}) writes the config, runs `screener run` and waits
+    until `screener status` says registered (start=False: only writes the config).
 
     Teardown stops every started screener with SIGTERM and fails the test unless it exited within 5 s.
     """
     made: list[Screener] = []
 
-    def make(password: str = PASSWORD, **sections: dict[str, Any]) -> Screener:
+    def make(password: str = PASSWORD, start: bool = True, **sections: dict[str, Any]) -> Screener:
         s = Screener(tmp_path / f"screener{len(made) or ''}", screener_config(tmp_path, ports, password, **sections))
         made.append(s)
+        if start:
+            s.start()
+            s.wait_registered(timeout=15, registrar=kamailio)
         return s
 
     yield make
@@ -118,12 +125,9 @@ def make_screener(tmp_path: Path, ports: Ports) -> Iterator[Callable[..., Screen
 
 
 @pytest.fixture
-def screener(make_screener: Callable[..., Screener], kamailio: Kamailio) -> Screener:
-    """`screener run` with the default test config, registered at kamailio."""
-    s = make_screener()
-    s.start()
-    s.wait_registered(timeout=15)
-    return s
+def screener(make_screener: Callable[..., Screener]) -> Screener:
+    """`screener run` with the default test config (unknown callers screened at once), registered."""
+    return make_screener()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import threading
 import time
 import wave
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -774,8 +776,43 @@ def dump_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Test prompts are tones, so what a caller hears can be checked exactly: the challenge is CHALLENGE_TONE_HZ.
+CHALLENGE_TONE_HZ = 440.0
+CHALLENGE_SECONDS = 1.0
+_PROMPT_TONES = {"challenge": (CHALLENGE_TONE_HZ, CHALLENGE_SECONDS), "passed": (1200.0, 0.3),
+                 "failed": (300.0, 0.3), "blocked": (600.0, 0.3), "voicemail": (1500.0, 0.3)}
+
+
+def write_wav(path: Path, samples: Sequence[int], rate: int = 8000) -> Path:
+    """A 16-bit mono WAV file."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+    return path
+
+
+def write_test_prompts(folder: Path) -> dict[str, str]:
+    """Short tone prompts (challenge 1 s at 440 Hz, the others 0.3 s) for [screening.prompts]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(write_wav(folder / f"{name}.wav", tone(hz, secs, amplitude=12000)))
+            for name, (hz, secs) in _PROMPT_TONES.items()}
+
+
+def best_tone_window(samples: Sequence[int], freq: float, window_s: float = 0.5, rate: int = 8000) -> float:
+    """The highest tone_power_ratio at freq over windows of window_s seconds (stepping 0.1 s)."""
+    n, step = int(window_s * rate), rate // 10
+    if len(samples) < n:
+        return tone_power_ratio(samples, freq, rate)
+    return max(tone_power_ratio(samples[i:i + n], freq, rate) for i in range(0, len(samples) - n + 1, step))
+
+
 def screener_config(workdir: Path, ports: Ports, password: str, **sections: dict[str, Any]) -> dict[str, Any]:
-    """The test config as a dict; keyword arguments (sip=..., screening=...) override per section."""
+    """The test config as a dict; keyword arguments (sip=..., screening=...) override per section.
+
+    Writes the tone prompts into workdir/prompts. challenge_repeats is 0 so one wrong digit fails the call.
+    """
     cfg: dict[str, Any] = {
         "data_dir": str(workdir / "data"),
         "sip": {
@@ -787,7 +824,8 @@ def screener_config(workdir: Path, ports: Ports, password: str, **sections: dict
         "screening": {
             "region": "IT", "timezone": "Europe/Rome", "default_action": "screen", "block_action": "decline",
             "decline_code": 603, "screen_delay": 0.0, "challenge_digit": "5", "challenge_timeout": 5.0,
-            "max_screened_calls": 4, "voicemail": True, "voicemail_max_seconds": 5,
+            "challenge_repeats": 0, "max_screened_calls": 4, "voicemail": True, "voicemail_max_seconds": 5,
+            "prompts": write_test_prompts(workdir / "prompts"),
         },
         "database": {"url": f"sqlite:///{workdir / 'screener.db'}"},
         "web": {"host": HOST, "port": ports.web},
@@ -865,23 +903,53 @@ class Screener:
         res = self.cli("status", check=False)
         return res.returncode, (res.stdout + res.stderr).strip()
 
-    def wait_registered(self, timeout: float = 15.0) -> str:
-        """Poll `screener status` until it says registered; return that output."""
+    def wait_registered(self, timeout: float = 15.0, registrar: Kamailio | None = None) -> str:
+        """Wait until screener is registered; return the `screener status` output that says so.
+
+        With the registrar given, first wait (cheaply) for its log to show screener's binding and for the
+        sip_status row to say registered: every `screener status` is a Python start-up.
+        """
         last = ""
 
-        def registered() -> bool:
-            nonlocal last
+        def exited() -> None:
             if self.proc is not None and not self.proc.alive():
                 raise PeerError(f"screener exited (code {self.proc.popen.returncode}) before registering:\n"
                                 f"{self.log_tail()}")
+
+        def registered() -> bool:
+            nonlocal last
+            exited()
             rc, last = self.status()
             return rc == 0 and says_registered(last)
 
+        def bound() -> bool:
+            exited()
+            return bool(registrar and registrar.registrations_from(self.sip_port)
+                        and self.db_scalar("SELECT state FROM sip_status WHERE id = 1") in (None, "registered"))
+
         try:
-            wait_until(registered, timeout, interval=0.2, what="`screener status` to say registered")
+            if registrar is not None:
+                wait_until(bound, timeout, interval=0.02, what="kamailio to log screener's binding")
+            wait_until(registered, timeout, interval=0.1, what="`screener status` to say registered")
         except TimeoutError as e:
             raise TimeoutError(f"{e}; last status output:\n{last}\n--- screener log ---\n{self.log_tail()}") from None
         return last
+
+    def db_scalar(self, sql: str) -> Any:
+        """One value straight from the SQLite database (None if it or the table is not there yet).
+
+        Only for cheap polling; assertions go through the CLI.
+        """
+        url = self.config["database"]["url"]
+        if not url.startswith("sqlite:///"):
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{url.removeprefix('sqlite:///')}?mode=ro", uri=True,
+                                         timeout=1)) as db:
+                row = db.execute(sql).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
 
     def calls(self) -> list[dict[str, Any]]:
         """`screener calls --json`: the call log, newest first."""
@@ -901,6 +969,9 @@ class Screener:
 
         def found() -> bool:
             nonlocal rows
+            finished = self.db_scalar("SELECT count(*) FROM calls WHERE outcome IS NOT NULL")
+            if finished is not None and finished < count:
+                return False
             rows = [r for r in self.calls() if predicate(r) and r.get("outcome")]
             return len(rows) >= count
 
@@ -934,6 +1005,20 @@ def _proc_status(pid: int, key: str) -> int:
         if ln.startswith(key + ":"):
             return int(ln.split()[1])
     return 0
+
+
+def sip_invite(call_id: str, number: str, source: tuple[str, int], target: tuple[str, int],
+               media_port: int = 9) -> bytes:
+    """A plain, valid INVITE as a provider would forward it, for sending with send_udp."""
+    host, port = source
+    sdp = (f"v=0\r\no=x 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+           f"m=audio {media_port} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+    return (f"INVITE sip:{AOR_USER}@{target[0]}:{target[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            f"From: <sip:{number}@{host}>;tag={os.urandom(4).hex()}\r\nTo: <sip:{AOR_USER}@{target[0]}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{host}:{port}>\r\n"
+            f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+            ).encode()
 
 
 def send_udp(data: bytes, target: tuple[str, int], source: tuple[str, int] = (HOST, 0),
