@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -71,6 +72,7 @@ class ListEntry(Base):
     """A pattern on the allow, block or screen list; a pattern lives on one list at a time."""
 
     __tablename__ = "list_entries"
+    __table_args__ = (Index("ix_list_entries_list_pattern", "list", "pattern"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     list: Mapped[str] = mapped_column(String(8))
@@ -100,6 +102,8 @@ class Call(Base):
         Index("ix_calls_started", "started_at", "id"),
         Index("ix_calls_e164_started", "e164", "started_at"),
         Index("ix_calls_outcome_started", "outcome", "started_at"),
+        Index("ix_calls_voicemail", "started_at", "id", sqlite_where=text("voicemail_path IS NOT NULL"),
+              postgresql_where=text("voicemail_path IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

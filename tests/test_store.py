@@ -27,6 +27,14 @@ def test_upgrade_creates_every_table_and_is_idempotent(st: store.Store) -> None:
     assert {"list_entries", "calls", "users", "sip_status", "number_notes", "alembic_version"} <= names
 
 
+def test_migrations_match_the_models(st: store.Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with st.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
+
+
 def test_entry_round_trip_with_window(st: store.Store) -> None:
     window = make_window("mon-fri", "22:00", "06:00")
     with st.write() as s:
