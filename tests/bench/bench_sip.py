@@ -11,6 +11,7 @@ import argparse
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -209,47 +210,55 @@ def bench_screener_rtp(work: Path, ports: Ports, concurrent: int = 10, hold_s: f
     return rows
 
 
-def bench_screener_load(work: Path, ports: Ports, rate: float = 100, seconds: float = 10) -> list[Row]:
-    """100 INVITE/s for 10 s of unknown callers: every INVITE needs a final response; memory and threads."""
+def bench_screener_load(work: Path, ports: Ports, rate: float = 100, seconds: float = 10,
+                        blocked: bool = True) -> list[Row]:
+    """100 INVITE/s for 10 s: every INVITE needs a final response; memory and threads before and after.
+
+    blocked: every caller matches a block prefix and the household phone rings for a minute, so any INVITE
+    screener does not decline stays without a final response. Otherwise: unknown callers, 4 screened at once,
+    the rest left ringing until the household phone answers after 200 ms.
+    """
+    section = "screener load " + ("blocked" if blocked else "unknown")
     rows: list[Row] = []
     n = int(rate * seconds)
     s = _screener(work, ports, screening={"screen_delay": 0.0, "max_screened_calls": 4})
-    with provider(work, ports) as k, phones(work, k, ports, ring_ms=200):
+    if blocked:
+        s.cli("list", "add", "block", "+39328*")
+    with provider(work, ports) as k, phones(work, k, ports, ring_ms=60000 if blocked else 200):
         _started(s)
         try:
             time.sleep(1.0)
             idle_rss, idle_threads = s.rss_kb(), s.threads()
-            rows.append(Row("screener load", "idle RSS / threads", f"{idle_rss / 1024:.1f} MiB / {idle_threads}"))
+            rows.append(Row(section, "idle RSS / threads", f"{idle_rss / 1024:.1f} MiB / {idle_threads}"))
             peak_threads = idle_threads
+            done = threading.Event()
+
+            def watch() -> None:
+                nonlocal peak_threads
+                while not done.wait(0.2):
+                    if s.alive():
+                        peak_threads = max(peak_threads, s.threads())
+
+            w = threading.Thread(target=watch, daemon=True)
+            w.start()
             with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac:
-                import threading
-
-                done = threading.Event()
-
-                def watch() -> None:
-                    nonlocal peak_threads
-                    while not done.wait(0.2):
-                        if s.alive():
-                            peak_threads = max(peak_threads, s.threads())
-
-                w = threading.Thread(target=watch, daemon=True)
-                w.start()
-                res = uac.run([f"+39328{3000000 + i}" for i in range(n)], rate, hold_s=0.5, timeout=30)
-                done.set()
-                w.join()
+                res = uac.run([f"+39328{3000000 + i}" for i in range(n)], rate, hold_s=0.5, timeout=20)
+            done.set()
+            w.join()
             lost = [r for r in res if r.final_code is None]
             lat = [r.latency_ms for r in res if r.latency_ms is not None]
-            rows.append(Row("screener load", f"{n} INVITEs at {rate:g}/s", f"{len(lost)} without final response",
+            rows.append(Row(section, f"{n} INVITEs at {rate:g}/s", f"{len(lost)} without final response",
                             f"final codes: {_count([r.final_code for r in res])}"))
-            rows.append(Row("screener load", "INVITE->final p50 / p99 / max",
+            rows.append(Row(section, "INVITE->final p50 / p99 / max",
                             f"{_ms(lat, 50)} / {_ms(lat, 99)} / {_ms(lat, 100)}"))
             time.sleep(3.0)
-            alive = s.alive()
-            rows.append(Row("screener load", "RSS after (+3 s) / peak threads / threads after",
+            rows.append(Row(section, "RSS after (+3 s) / peak threads / threads after",
                             f"{s.rss_kb() / 1024:.1f} MiB / {peak_threads} / {s.threads()}",
-                            "" if alive else "PROCESS DIED"))
+                            "" if s.alive() else "PROCESS DIED"))
+            rows.append(Row(section, "rows in the call log", str(s.db_scalar("SELECT count(*) FROM calls")),
+                            f"of {n} INVITEs"))
         finally:
-            _stop(s, rows, "screener load")
+            _stop(s, rows, section)
     return rows
 
 
@@ -266,6 +275,7 @@ BENCHES: dict[str, Callable[[Path, Ports], list[Row]]] = {
     "unknown": bench_screener_unknown,
     "rtp": bench_screener_rtp,
     "load": bench_screener_load,
+    "load-unknown": lambda work, ports: bench_screener_load(work, ports, blocked=False),
 }
 
 
