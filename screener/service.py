@@ -215,10 +215,10 @@ class CallHandler:
 
     def _screen_if_room(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         if not self._screening.acquire(blocking=False):
-            rec.extra_reason = "too many calls screened at once: left ringing"
             self._let_ring(call, rec)
-            if rec.outcome == "missed":
-                rec.outcome = "over_capacity"
+            how = rec.outcome.replace("_", " ")
+            rec.extra_reason = f"too many calls screened at once: left ringing ({how})"
+            rec.outcome = "over_capacity" if rec.outcome != "interrupted" else rec.outcome
             return
         try:
             self._screen(call, caller, rec)

@@ -265,6 +265,7 @@ class SipAgent:
         self.on_status = on_status
         self.timing = timing or Timing()
         self.register_enabled = register and bool(cfg.server and cfg.username)
+        self._register_wanted = register
         self.status = RegStatus("unregistered", None, time.time())
         self._lock = threading.RLock()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -325,6 +326,8 @@ class SipAgent:
         self._spawn(self._status_worker, "sip-status")
         if self.register_enabled:
             self._spawn(self._register_loop, "sip-register")
+        elif self._register_wanted:
+            self._set_status("failed", "no SIP server or user name configured: not registering")
 
     def stop(self) -> None:
         """Unregister (best effort), end the calls, close everything; returns within about 2 s."""
