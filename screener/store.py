@@ -350,6 +350,7 @@ def upgrade(store: Store) -> None:
     from alembic import command
 
     cfg = _alembic_config(store.url)
-    with store.engine.begin() as conn:
+    # immediate: two commands starting at once (`run` and `status`) queue instead of failing "database is locked"
+    with store.engine.execution_options(sqlite_immediate=True).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
