@@ -21,6 +21,7 @@ from peers import (
     encode_g711,
     read_wav,
     render,
+    send_udp,
     tone,
     tone_power_ratio,
     wait_until,
@@ -126,3 +127,12 @@ def test_read_wav_handles_8_and_16_bit(tmp_path: Path) -> None:
 def _wait_events(phone: Phone, kind: str, n: int, timeout: float = 3.0) -> list[str]:
     return wait_until(lambda: len(phone.events(kind)) >= n and phone.events(kind), timeout,
                       what=f"{n} {kind} event(s) at {phone.name}")
+
+
+def test_stray_replies_are_logged_and_dropped(kamailio: Kamailio) -> None:
+    """A reply outside any transaction is logged as STRAY and never forwarded (its Via may be off loopback)."""
+    reply = ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:25060;branch=z9hG4bKnone\r\n"
+             "Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bKfar\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n"
+             "To: <sip:b@127.0.0.1>;tag=2\r\nCall-ID: stray-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    send_udp(reply.encode(), (kamailio.host, kamailio.port))
+    wait_until(lambda: [ln for ln in kamailio.log_lines("STRAY") if "stray-1" in ln], 2, what="the STRAY log line")
