@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     calls = sub.add_parser("calls", help="the call log, newest first")
     calls.add_argument("--limit", type=int, default=50)
     calls.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("evidence", help="export calls as evidence for a complaint: CSV, or JSON with --json")
+    ev.add_argument("file", help="the file to write ('-' for standard output)")
+    ev.add_argument("--number", help="only calls from this number")
+    ev.add_argument("--from", dest="day_from", metavar="DATE", help="first day (local), e.g. 2026-01-31")
+    ev.add_argument("--to", dest="day_to", metavar="DATE", help="last day (local), included")
+    ev.add_argument("--line", default="", help="the line that received the calls, for calls that did not record it")
+    ev.add_argument("--json", action="store_true")
 
     user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="user_command", required=True)
     ua = user.add_parser("add", help="add a user or set a user's password")
@@ -285,6 +293,52 @@ def cmd_calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_day(text: str | None, option: str) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{option} must be a date like 2026-01-31, got {text!r}") from None
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from screener import evidence, store
+    from screener.numbers import parse_caller
+
+    cfg = _load(args)
+    tz = ZoneInfo(cfg.screening.timezone)
+    day_from, day_to = _parse_day(args.day_from, "--from"), _parse_day(args.day_to, "--to")
+    if day_from and day_to and day_from > day_to:
+        raise CliError(f"--from {day_from} is after --to {day_to}")
+    stmt = select(store.Call).order_by(store.Call.started_at, store.Call.id)
+    if args.number is not None:
+        e164 = parse_caller(args.number, cfg.screening.region).e164
+        if e164 is None:
+            raise CliError(f"--number must be a phone number, got {args.number!r}")
+        stmt = stmt.where(store.Call.e164 == e164)
+    if day_from:
+        stmt = stmt.where(store.Call.started_at >= datetime.combine(day_from, time(0), tz))
+    if day_to:
+        stmt = stmt.where(store.Call.started_at < datetime.combine(day_to + timedelta(days=1), time(0), tz))
+    with _store(cfg).read() as s:
+        rows = evidence.evidence_rows(s.scalars(stmt), tz, args.line.strip())
+    text = json.dumps(rows, ensure_ascii=False) + "\n" if args.json else evidence.evidence_csv(rows)
+    if args.file == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.file).write_text(text, encoding="utf-8", newline="")
+    except OSError as e:
+        raise CliError(f"{args.file}: {e.strerror}", 1) from None
+    summary = evidence.summarize(rows)
+    print(f"{summary.count} calls written to {args.file}, {summary.outside_code_hours} outside the code-of-conduct"
+          " hours")
+    return 0
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     from sqlalchemy import select
     from werkzeug.security import generate_password_hash
@@ -345,7 +399,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_list, "calls": cmd_calls,
-            "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
+            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,21 @@ log = logging.getLogger(__name__)
 
 def create_app(cfg: Config | None = None, *, store: Store | None = None, testing: bool = False) -> Flask:
     """Build the dashboard for `cfg` (defaults if None) on `store` (opened from cfg.database.url if None)."""
-    from web import auth, calls, format, i18n, labels, lists, numbers, overview, prompts, security, settings, voicemail
+    from web import (
+        auth,
+        calls,
+        evidence,
+        format,
+        i18n,
+        labels,
+        lists,
+        numbers,
+        overview,
+        prompts,
+        security,
+        settings,
+        voicemail,
+    )
 
     cfg = cfg or Config()
     if store is None:
@@ -38,7 +52,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
     format.init_app(app)
     labels.init_app(app)
     auth.init_app(app)
-    for module in (overview, calls, numbers, lists, voicemail, prompts, settings):
+    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings):
         module.init_app(app)
     _errors(app)
     return app
