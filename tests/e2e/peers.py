@@ -7,6 +7,7 @@ Every process is started by this module and stopped by its PID (its process grou
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -240,7 +241,6 @@ class Kamailio:
         self.rundir = workdir / "run"
         self.log = workdir / "kamailio.log"
         self.proc: Proc | None = None
-        self.starts = 0
 
     def render(self) -> Path:
         """Write kamailio.cfg from the template."""
@@ -260,7 +260,6 @@ class Kamailio:
         self.proc = Proc(["kamailio", "-DD", "-E", "-f", self.cfg, "-Y", self.rundir,
                           "-P", self.rundir / "kamailio.pid", "-m", "32", "-M", "8"], self.log)
         self.proc.start()
-        self.starts += 1
         try:
             wait_until(lambda: not self.proc.alive() or sip_options(self.host, self.port) is not None,
                        timeout, interval=0.02, what="kamailio to answer OPTIONS")
@@ -292,13 +291,6 @@ class Kamailio:
     def registrations_from(self, port: int) -> list[str]:
         """REGISTERED lines for bindings made from the given source port."""
         return [ln for ln in self.log_lines("REGISTERED") if ln.rstrip().endswith(f":{port}")]
-
-    def __enter__(self) -> Kamailio:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------------------------------- sipp
@@ -389,16 +381,6 @@ class Sipp:
                 except ValueError:
                     pass
         return out
-
-    def stats(self) -> dict[str, str]:
-        """The last row of the -trace_stat CSV, keyed by column name."""
-        files = sorted(self.dir.glob(f"{self.scenario.stem}_*_.csv"))
-        if not files:
-            return {}
-        rows = [r for r in files[-1].read_text(errors="replace").splitlines() if r.strip()]
-        if len(rows) < 2:
-            return {}
-        return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
 
     def report(self) -> str:
         """What went wrong, for assertion messages: exit code, errors log, tail of stdout."""
@@ -655,7 +637,6 @@ def _nearest_code(table: list[int]) -> Callable[[int], int]:
     # Encoding by nearest decoded value: slow to build once, exact, and short enough to trust.
     pairs = sorted((v, code) for code, v in enumerate(table))
     values = [v for v, _ in pairs]
-    import bisect
 
     def encode(x: int) -> int:
         i = bisect.bisect_left(values, x)
@@ -694,21 +675,6 @@ def write_rtp_pcap(path: Path, payload: bytes, pt: int, ssrc: int = 0x5C4EE4, pt
     return path
 
 
-def lag1_correlation(samples: Sequence[int]) -> float:
-    """Normalised lag-1 autocorrelation: about 0.8-1 for speech or tones at 8 kHz, about 0 for noise."""
-    n = len(samples)
-    if n < 2:
-        return 0.0
-    mean = sum(samples) / n
-    x = [s - mean for s in samples]
-    den = sum(v * v for v in x)
-    return sum(a * b for a, b in zip(x, x[1:], strict=False)) / den if den else 0.0
-
-
-def rms(samples: Sequence[int]) -> float:
-    return math.sqrt(sum(s * s for s in samples) / len(samples)) if samples else 0.0
-
-
 def tone_power_ratio(samples: Sequence[int], freq: float, rate: int = 8000) -> float:
     """Share of the signal's energy at freq (Goertzel), 0-1; a clean tone at freq gives about 1."""
     n = len(samples)
@@ -735,15 +701,6 @@ def read_wav(path: Path) -> tuple[int, list[int]]:
     else:
         raise ValueError(f"{path}: {width * 8}-bit WAV not handled")
     return rate, samples[::channels]
-
-
-def loudest_window(samples: Sequence[int], n: int) -> list[int]:
-    """The n-sample window (stepping n/4) with the highest energy."""
-    if len(samples) <= n:
-        return list(samples)
-    step = max(1, n // 4)
-    start = max(range(0, len(samples) - n + 1, step), key=lambda i: sum(abs(s) for s in samples[i:i + n:8]))
-    return list(samples[start:start + n])
 
 
 # ------------------------------------------------------------------------------------------------ screener
@@ -986,8 +943,7 @@ class Screener:
         """SIGTERM by PID; returns (exit code, seconds taken), exit code None when it had to be killed."""
         if self.proc is None:
             return None, 0.0
-        result = self.proc.stop(timeout=timeout)
-        return result
+        return self.proc.stop(timeout=timeout)
 
     def log_tail(self, n: int = 4000) -> str:
         return self.proc.output()[-n:] if self.proc else ""
