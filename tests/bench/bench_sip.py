@@ -81,6 +81,29 @@ def phones(work: Path, k: Kamailio, ports: Ports, *, decline: int | None = None,
             p.stop()
 
 
+class Peak:
+    """Samples a screener's thread count and RSS every 0.1 s while in use (a context manager)."""
+
+    def __init__(self, s: Screener) -> None:
+        self.s, self.threads, self.rss_kb = s, s.threads(), s.rss_kb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            if self.s.alive():
+                self.threads = max(self.threads, self.s.threads())
+                self.rss_kb = max(self.rss_kb, self.s.rss_kb())
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def bench_baseline(work: Path, ports: Ports, calls: int = 200, rate: float = 20) -> list[Row]:
     """The floor: a sipp device on the AOR declines with 603 at once; kamailio cancels the household phone."""
     rows = []
@@ -190,7 +213,7 @@ def bench_screener_rtp(work: Path, ports: Ports, concurrent: int = 10, hold_s: f
         with provider(work, ports) as k, phones(work, k, ports):
             _started(s)
             try:
-                with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac:
+                with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac, Peak(s) as peak:
                     res = uac.run([f"+39347{2000000 + i}" for i in range(concurrent)], 50, hold_s=hold_s,
                                   sdp_port=lambda i: ports.capture_low + i, timeout=hold_s + 10)
                 answered = sum(r.final_code == 200 for r in res)
@@ -200,8 +223,8 @@ def bench_screener_rtp(work: Path, ports: Ports, concurrent: int = 10, hold_s: f
                                 f"{answered} answered", f"{got} callers received RTP, {len(gaps) + got} packets"))
                 rows.append(Row("screener rtp", "inter-packet gap p50 / p99 / max",
                                 f"{_ms(gaps, 50)} / {_ms(gaps, 99)} / {_ms(gaps, 100)}", "ideal 20 ms"))
-                rows.append(Row("screener rtp", "threads / RSS during calls",
-                                f"{s.threads()} / {s.rss_kb() / 1024:.1f} MiB"))
+                rows.append(Row("screener rtp", "peak threads / RSS during calls",
+                                f"{peak.threads} / {peak.rss_kb / 1024:.1f} MiB"))
             finally:
                 _stop(s, rows, "screener rtp")
     finally:
@@ -230,21 +253,8 @@ def bench_screener_load(work: Path, ports: Ports, rate: float = 100, seconds: fl
             time.sleep(1.0)
             idle_rss, idle_threads = s.rss_kb(), s.threads()
             rows.append(Row(section, "idle RSS / threads", f"{idle_rss / 1024:.1f} MiB / {idle_threads}"))
-            peak_threads = idle_threads
-            done = threading.Event()
-
-            def watch() -> None:
-                nonlocal peak_threads
-                while not done.wait(0.2):
-                    if s.alive():
-                        peak_threads = max(peak_threads, s.threads())
-
-            w = threading.Thread(target=watch, daemon=True)
-            w.start()
-            with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac:
+            with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac, Peak(s) as peak:
                 res = uac.run([f"+39328{3000000 + i}" for i in range(n)], rate, hold_s=0.5, timeout=20)
-            done.set()
-            w.join()
             lost = [r for r in res if r.final_code is None]
             lat = [r.latency_ms for r in res if r.latency_ms is not None]
             rows.append(Row(section, f"{n} INVITEs at {rate:g}/s", f"{len(lost)} without final response",
@@ -252,8 +262,8 @@ def bench_screener_load(work: Path, ports: Ports, rate: float = 100, seconds: fl
             rows.append(Row(section, "INVITE->final p50 / p99 / max",
                             f"{_ms(lat, 50)} / {_ms(lat, 99)} / {_ms(lat, 100)}"))
             time.sleep(3.0)
-            rows.append(Row(section, "RSS after (+3 s) / peak threads / threads after",
-                            f"{s.rss_kb() / 1024:.1f} MiB / {peak_threads} / {s.threads()}",
+            rows.append(Row(section, "peak RSS / RSS 3 s after / peak threads / threads after",
+                            f"{peak.rss_kb / 1024:.1f} / {s.rss_kb() / 1024:.1f} MiB / {peak.threads} / {s.threads()}",
                             "" if s.alive() else "PROCESS DIED"))
             rows.append(Row(section, "rows in the call log", str(s.db_scalar("SELECT count(*) FROM calls")),
                             f"of {n} INVITEs"))
