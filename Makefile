@@ -34,7 +34,7 @@ test: system-deps $(BIN)/screener
 	$(BIN)/pytest -q
 
 bench: system-deps $(BIN)/screener
-	@set -e; for f in tests/bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	$(BIN)/python -m tests.bench
 
 demo: system-deps $(BIN)/screener
 	$(BIN)/python tests/e2e/demo.py
