@@ -41,10 +41,10 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
 
     cfg = cfg or Config()
     if store is None:
-        store = Store(db_mod.database_url_of(cfg))
+        store = Store(cfg.database_url)
     app = Flask(__name__)
     app.config.update(DEBUG=False, TESTING=testing, WTF_CSRF_TIME_LIMIT=None, JSON_SORT_KEYS=False)
-    app.secret_key = security.load_secret(cfg, db_mod.data_path_of(cfg))
+    app.secret_key = security.load_secret(cfg, cfg.data_path)
     security.init_app(app)
     csrf.init_app(app)
     db_mod.init_app(app, cfg, store)

@@ -99,14 +99,4 @@ def _close(_exc: BaseException | None) -> None:
 
 def data_path() -> Path:
     """The data directory (voicemail, custom prompts, the generated secret)."""
-    return data_path_of(config())
-
-
-def data_path_of(cfg: Config) -> Path:
-    explicit = getattr(cfg, "data_path", None)
-    return Path(explicit) if explicit is not None else cfg.resolve(cfg.data_dir)
-
-
-def database_url_of(cfg: Config) -> str:
-    explicit = getattr(cfg, "database_url", None)
-    return str(explicit) if explicit else cfg.database.url
+    return config().data_path
