@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
-from screener.numbers import Caller, is_foreign, parse_caller
+from screener.numbers import Caller, is_foreign, parse_caller, prefixes
 
 Action = Literal["allow", "block", "screen"]
 ACTIONS: tuple[Action, ...] = ("allow", "block", "screen")
@@ -221,9 +221,8 @@ def candidate_patterns(caller: Caller) -> list[str]:
     """Every canonical pattern that could match this caller: its number, its prefixes, every class."""
     out = [f"class:{c}" for c in CLASSES]
     if caller.e164:
-        e = caller.e164
-        out.append(e)
-        out.extend(e[:i] + "*" for i in range(len(e), 1, -1))
+        out.append(caller.e164)
+        out.extend(p + "*" for p in [caller.e164, *prefixes(caller.e164)])
     return out
 
 
