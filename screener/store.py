@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker, validates
 from sqlalchemy.types import TypeDecorator
 
 from screener.numbers import Caller
@@ -68,6 +68,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
+def _fit(obj: Base, key: str, value: str | None) -> str | None:
+    """Text as every database takes it: cut to the column's length (SQLite would keep the excess, PostgreSQL
+    refuse the row) and without NUL characters (PostgreSQL refuses them; a SIP header may carry one)."""
+    if value is None:
+        return None
+    limit = getattr(obj.__table__.c[key].type, "length", None)  # type: ignore[attr-defined]
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
 class ListEntry(Base):
     """A pattern on the allow, block or screen list; a pattern lives on one list at a time."""
 
@@ -85,6 +94,8 @@ class ListEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     hit_count: Mapped[int] = mapped_column(Integer, default=0)
     last_hit_at: Mapped[datetime | None]
+
+    _fit_text = validates("label", "source")(_fit)
 
     @property
     def window(self) -> Window | None:
@@ -129,6 +140,9 @@ class Call(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     voicemail_path: Mapped[str | None] = mapped_column(String(500))
     voicemail_heard: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    _fit_text = validates("call_id", "source", "from_raw", "pai_raw", "called_line", "name", "caller_raw", "country",
+                          "rule", "reason", "digits", "voicemail_path")(_fit)
 
 
 class User(Base):

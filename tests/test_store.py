@@ -110,6 +110,15 @@ def test_call_round_trip_keeps_utc_and_text(st: store.Store) -> None:
         assert (c.name, c.outcome, c.rule_id) == (name, None, entry_id)
 
 
+def test_hostile_text_fits_every_database(st: store.Store) -> None:
+    """A NUL in a SIP header or a 6 KB display name must not lose the call row (PostgreSQL refuses both)."""
+    with st.write() as s:
+        s.add(store.Call(decision="block", from_raw='"a\x00b" <sip:1@x>', name="n" * 6000, caller_raw="1" * 300))
+    with st.read() as s:
+        c = s.scalar(select(store.Call))
+        assert (c.from_raw, len(c.name), len(c.caller_raw)) == ('"a\ufffdb" <sip:1@x>', 128, 128)
+
+
 def test_deleting_an_entry_keeps_its_calls(st: store.Store) -> None:
     with st.write() as s:
         entry_id = store.put_entry(s, "block", "+390212345678").id

@@ -32,10 +32,10 @@ def password_hash(password: str) -> str:
 
 
 @pytest.fixture
-def web_cfg(tmp_path: Path) -> config.Config:
+def web_cfg(tmp_path: Path, db_url: str) -> config.Config:
+    """The dashboard's config; every web test runs on SQLite and again on PostgreSQL (`db_url`)."""
     p = tmp_path / "config.toml"
-    p.write_text(f'data_dir = "{tmp_path / "data"}"\n[database]\nurl = "sqlite:///{tmp_path / "web.db"}"\n',
-                 encoding="utf-8")
+    p.write_text(f'data_dir = "{tmp_path / "data"}"\n[database]\nurl = "{db_url}"\n', encoding="utf-8")
     return config.load(p)
 
 
