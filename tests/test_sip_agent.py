@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 import pytest
 from test_sip_support import (
+    FAST,
     Peer,
     Recorder,
     agent_addr,
@@ -100,6 +102,42 @@ def test_retransmitted_invite_gets_the_last_response_and_one_handler_call(provid
         assert len(rec.calls) == 1
 
 
+def test_acked_call_leaves_only_a_tombstone_until_timer_i(provider):
+    # Memory: a declined call's full record goes at its ACK (it used to stay 64*T1: 3200 records at 100/s);
+    # a retransmitted INVITE still gets the same 603 and no second handler call until Timer I (T4) is over.
+    rec = Recorder(lambda c: c.decline(603))
+    timing = dataclasses.replace(FAST, t4=0.5)
+    with running_agent(provider, rec, timing=timing) as agent:
+        text = invite(agent.local_port, provider, "tomb")
+        provider.send(text, agent_addr(agent))
+        first = provider.expect(status(603))
+        provider.send(ack_for(text, first, provider), agent_addr(agent))
+        time.sleep(0.05)
+        assert agent.tracked_calls == 0
+        provider.send(text, agent_addr(agent))
+        again = provider.expect(status(603))
+        assert again.get("to") == first.get("to")
+        other_branch = invite(agent.local_port, provider, "tomb", branch="z9hG4bKother")
+        provider.send(other_branch, agent_addr(agent))
+        provider.expect(status(482))
+        assert len(rec.calls) == 1
+        deadline = time.monotonic() + 2
+        while agent._done and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not agent._done, "the tombstone outlived Timer I"
+
+
+def test_unacked_decline_is_forgotten_at_timer_h(provider):
+    with running_agent(provider, Recorder(lambda c: c.decline(603))) as agent:
+        provider.send(invite(agent.local_port, provider, "noack"), agent_addr(agent))
+        provider.expect(status(603))
+        assert agent.tracked_calls == 1  # still retransmitting, waiting for the ACK
+        deadline = time.monotonic() + 64 * FAST.t1 + 1
+        while agent.tracked_calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.tracked_calls == 0 and not agent._done
+
+
 def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):
     # B3: after CANCEL the INVITE is answered 487, and answer() refuses
     go = threading.Event()
@@ -110,7 +148,8 @@ def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):
         go.wait(2)
         answered.append(call.answer())
 
-    with running_agent(provider, Recorder(handler)) as agent:
+    rec = Recorder(handler)
+    with running_agent(provider, rec) as agent:
         text = invite(agent.local_port, provider, "cxl")
         provider.send(text, agent_addr(agent))
         provider.expect(status(180))
@@ -120,12 +159,8 @@ def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):
         go.set()
         time.sleep(0.2)
         assert answered == [False]
-        call = agent_calls(agent)[0]
+        call = rec.calls[0]
         assert call.end_reason == "cancelled" and call.answered_elsewhere
-
-
-def agent_calls(agent) -> list[Call]:
-    return list(agent._calls.values())
 
 
 def test_unknown_cancel_and_bye_get_481(provider):
@@ -394,7 +429,8 @@ def test_bye_from_caller_ends_the_call(provider):
         call.wait_ended(5)
         ended.set()
 
-    with running_agent(provider, Recorder(handler)) as agent:
+    rec = Recorder(handler)
+    with running_agent(provider, rec) as agent:
         text = invite(agent.local_port, provider, "byecall")
         provider.send(text, agent_addr(agent))
         ok = provider.expect(status(200))
@@ -402,7 +438,8 @@ def test_bye_from_caller_ends_the_call(provider):
         provider.send(in_dialog("BYE", parse(text.encode()), ok, provider, 2), agent_addr(agent))
         provider.expect(lambda m: m.status == 200 and m.cseq[1] == "BYE")
         assert ended.wait(2)
-        assert agent_calls(agent)[0].end_reason == "bye"
+        assert rec.calls[0].end_reason == "bye"
+        assert agent.tracked_calls == 0  # only a tombstone is left (for retransmitted requests)
         assert agent.pool.in_use == frozenset()
 
 

@@ -13,7 +13,7 @@ from screener.config import SipConfig
 from screener.sip import Call, SipAgent, Timing
 from screener.sip.message import Message, parse
 
-FAST = Timing(t1=0.05, t2=0.4, register_timeout=0.6, options_timeout=0.4, backoff_min=0.1, backoff_max=0.8,
+FAST = Timing(t1=0.05, t2=0.4, t4=0.1, register_timeout=0.6, options_timeout=0.4, backoff_min=0.1, backoff_max=0.8,
               stop_timeout=0.5)
 
 
