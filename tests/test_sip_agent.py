@@ -24,6 +24,7 @@ from test_sip_support import (
 )
 
 from screener.sip import Call
+from screener.sip.agent import PARKED_WORKERS
 from screener.sip.message import parse, parse_sdp
 
 
@@ -65,7 +66,45 @@ def test_declined_calls_are_released(provider):
         while agent.tracked_calls and time.monotonic() < deadline:
             time.sleep(0.05)
         assert agent.tracked_calls == 0
-        assert threading.active_count() <= before + 3  # the agent's own threads only
+        # the agent's own threads only: socket loop, status worker, parked call workers
+        assert threading.active_count() <= before + 2 + PARKED_WORKERS
+
+
+def test_parked_workers_take_calls_and_a_burst_leaves_no_threads(provider):
+    # handlers run on parked threads (no thread start per INVITE); a burst starts more, which end with their call
+    seen: list[int] = []
+    release = threading.Event()
+
+    def handler(call: Call) -> None:
+        seen.append(threading.get_ident())
+        if call.call_id.startswith("burst"):
+            release.wait(3)  # all burst calls are in their handlers at the same time
+        call.decline(603)
+
+    base = threading.active_count()
+    with running_agent(provider, Recorder(handler)) as agent:
+        assert threading.active_count() == base + 2 + PARKED_WORKERS
+        for i in range(5):
+            provider.send(invite(agent.local_port, provider, f"seq{i}"), agent_addr(agent))
+            provider.expect(status(603))
+        assert len(set(seen)) <= PARKED_WORKERS
+        for i in range(12):
+            provider.send(invite(agent.local_port, provider, f"burst{i}"), agent_addr(agent))
+        deadline = time.monotonic() + 2
+        while len(seen) < 17 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(set(seen[5:])) == 12, "every burst call needs a thread of its own"
+        release.set()
+        for _ in range(12):
+            provider.expect(status(603))
+        deadline = time.monotonic() + 2
+        while threading.active_count() > base + 2 + PARKED_WORKERS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threading.active_count() == base + 2 + PARKED_WORKERS
+    deadline = time.monotonic() + 2
+    while threading.active_count() > base and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == base  # stop() ends the parked workers too
 
 
 def test_decline_607_and_100_trying_first(provider):

@@ -49,6 +49,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
 MAX_DIALOGS = 256  # beyond this new INVITEs get 486: only this branch ends, the house keeps ringing
 UNTRUSTED_LOG_INTERVAL = 60.0
 REBIND_KEEPALIVES = 4  # refresh the registration at least every 4 keepalive intervals
+PARKED_WORKERS = 2  # call-handler threads kept waiting for the next call (see _Workers)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,61 @@ class _ClientTx:
         self.done = threading.Event()
         self.response: Message | None = None
         self.on_final: Callable[[Message | None], None] | None = None
+
+
+class _Workers:
+    """The threads that run call handlers: a parked one takes the next call, a new one starts only if none is.
+
+    A thread started per INVITE made the socket thread wait in Thread.start() until the new thread ran, and the
+    two then traded the GIL through the first part of the handler: 0.7 ms of 1.6 ms from INVITE to 603
+    in-process. Handing a call to a parked thread costs a notify. Up to PARKED_WORKERS stay parked (started
+    with the agent, so the first call of the day is as fast as the hundredth); the extra threads of a burst
+    end with their call.
+    """
+
+    def __init__(self, name: str, parked: int) -> None:
+        self._name = name
+        self._parked_max = parked
+        self._cv = threading.Condition(threading.Lock())
+        self._jobs: deque[tuple[Callable[..., None], tuple[object, ...]]] = deque()
+        self._idle = 0
+        self._closed = False
+        self._numbers = itertools.count(1)
+
+    def start(self) -> None:
+        for _ in range(self._parked_max):
+            self._spawn()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        with self._cv:
+            self._jobs.append((fn, args))
+            if self._idle >= len(self._jobs):
+                self._cv.notify()
+                return
+        self._spawn()
+
+    def close(self) -> None:
+        """Parked threads end; busy ones end with their call."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._work, name=f"{self._name}-{next(self._numbers)}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                if not self._jobs:
+                    if self._closed or self._idle >= self._parked_max:
+                        return
+                    self._idle += 1
+                    self._cv.wait_for(lambda: self._jobs or self._closed)
+                    self._idle -= 1
+                    if not self._jobs:
+                        return
+                fn, args = self._jobs.popleft()
+            fn(*args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +346,7 @@ class SipAgent:
         self._threads: list[threading.Thread] = []
         self._status_q: deque[RegStatus] = deque()
         self._status_cv = threading.Condition()
+        self._workers = _Workers("sip-call", PARKED_WORKERS)
         self.sock: socket.socket | None = None
         self.contact_host = ""
         self.pool: PortPool | None = None
@@ -334,6 +391,7 @@ class SipAgent:
         self._wake_w.setblocking(False)
         self._spawn(self._loop, "sip-loop")
         self._spawn(self._status_worker, "sip-status")
+        self._workers.start()
         if self.register_enabled:
             self._spawn(self._register_loop, "sip-register")
         elif self._register_wanted:
@@ -354,6 +412,7 @@ class SipAgent:
                 self._hangup(call, immediate=True)
                 self._end(call, "stopped")
         self._closing.set()
+        self._workers.close()
         self._wake()
         with self._status_cv:
             self._status_cv.notify_all()
@@ -661,8 +720,7 @@ class SipAgent:
             self._calls[msg.call_id] = call
         call.last_response = self._respond(msg, addr, 100, "Trying")
         # B2: the handler starts now, not 1 s later, and nothing is sent on its behalf but 100 Trying
-        threading.Thread(target=self._run_handler, args=(call,), name=f"call-{msg.call_id[:16]}",
-                         daemon=True).start()
+        self._workers.submit(self._run_handler, call)
 
     def _incoming(self, msg: Message, addr: tuple[str, int]) -> IncomingCall:
         from_provider = addr[0] in self._provider_ips or self.is_trusted(addr[0])
