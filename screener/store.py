@@ -77,6 +77,11 @@ def _fit(obj: Base, key: str, value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")[:limit]
 
 
+def fit_text(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` for a Core insert or update of `model`'s table, text fitted as the ORM's validators do."""
+    return {k: _fit(model, k, v) if isinstance(v, str) else v for k, v in values.items()}  # type: ignore[arg-type]
+
+
 class ListEntry(Base):
     """A pattern on the allow, block or screen list; a pattern lives on one list at a time."""
 

@@ -127,17 +127,19 @@ PROMPTS = audio.Prompts(challenge=b"c" * 8000, passed=b"p" * 800, failed=b"f" * 
 @pytest.fixture
 def make(write_config):
     """make(toml) -> (handler, db, cfg) on a fresh SQLite database."""
-    made: list[store.Store] = []
+    made: list[tuple[CallHandler, store.Store]] = []
 
     def _make(body: str = "") -> tuple[CallHandler, store.Store, config.Config]:
         cfg = config.load(write_config(body))
         db = store.Store(cfg.database_url)
         store.upgrade(db)
-        made.append(db)
-        return CallHandler(cfg, db, PROMPTS), db, cfg
+        handler = CallHandler(cfg, db, PROMPTS)
+        made.append((handler, db))
+        return handler, db, cfg
 
     yield _make
-    for db in made:
+    for handler, db in made:
+        handler.close()
         db.dispose()
 
 
@@ -236,6 +238,29 @@ def test_row_fields_and_hit_count(make):
     with db.read() as s:
         entry = s.get(store.ListEntry, row.rule_id)
         assert entry.hit_count == 1 and entry.last_hit_at is not None
+
+
+def test_row_text_is_fitted_like_the_orm_does(make):
+    # the row is written with a Core insert (fast path before the 603): same fitting as store's validators
+    handler, db, _ = make()
+    info = Info(call_id="c" * 300, from_raw="<sip:0212345678@fritz.box>;tag=\x00x", called="<sip:x@y>" + "z" * 300)
+    handler(FakeCall(info=info))
+    (row,) = rows(db)
+    assert row.call_id == "c" * 255 and len(row.called_line) == 255
+    assert "\x00" not in row.from_raw and row.from_raw.endswith("tag=\ufffdx")
+
+
+def test_process_tuning_helpers():
+    import gc
+
+    from screener.service import freeze_startup_objects, limit_malloc_arenas
+
+    assert limit_malloc_arenas(8) is True  # glibc (Debian); 8 per core is its default anyway
+    freeze_startup_objects()
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_passed_caller_is_remembered_and_voicemail_saved(make):
