@@ -117,6 +117,18 @@ def _parse_at(text: str | None, tz: ZoneInfo) -> datetime:
     return at
 
 
+def _write_out(file: str, text: str) -> bool:
+    """Write `text` to `file`, or to standard output for "-"; True when a file was written."""
+    if file == "-":
+        sys.stdout.write(text)
+        return False
+    try:
+        Path(file).write_text(text, encoding="utf-8", newline="")
+    except OSError as e:
+        raise CliError(f"{file}: {e.strerror}", 1) from None
+    return True
+
+
 # --- commands -------------------------------------------------------------------------------------------
 
 
@@ -250,13 +262,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         with st.read() as s:
             entries = s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern))
             text = csvio.export_csv(csvio.entry_row(e) for e in entries)
-        if args.file == "-":
-            sys.stdout.write(text)
-            return 0
-        try:
-            Path(args.file).write_text(text, encoding="utf-8", newline="")
-        except OSError as e:
-            raise CliError(f"{args.file}: {e.strerror}", 1) from None
+        _write_out(args.file, text)
         return 0
     if sub == "preset":
         n = _apply_preset(st, args.name)
@@ -326,13 +332,8 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     with _store(cfg).read() as s:
         rows = evidence.evidence_rows(s.scalars(stmt), tz, args.line.strip())
     text = json.dumps(rows, ensure_ascii=False) + "\n" if args.json else evidence.evidence_csv(rows)
-    if args.file == "-":
-        sys.stdout.write(text)
+    if not _write_out(args.file, text):
         return 0
-    try:
-        Path(args.file).write_text(text, encoding="utf-8", newline="")
-    except OSError as e:
-        raise CliError(f"{args.file}: {e.strerror}", 1) from None
     summary = evidence.summarize(rows)
     print(f"{summary.count} calls written to {args.file}, {summary.outside_code_hours} outside the code-of-conduct"
           " hours")
