@@ -236,3 +236,123 @@ def test_parse_packet_never_raises(pool, far, packet):
         assert digits == []
     finally:
         s.stop()
+
+
+# RTP source check: only the caller's SDP address is heard (a spoofed DTMF must not pass the challenge)
+
+
+def wait_for(pred, timeout: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pred()
+
+
+@pytest.fixture
+def stranger():
+    p = Peer("127.0.0.2")  # another host (Linux answers for all of 127.0.0.0/8)
+    yield p
+    p.close()
+
+
+def test_dtmf_and_audio_from_another_host_are_dropped(pool, far, stranger):
+    digits: list[str] = []
+    s = session(pool, far, "PCMU", 0, on_digit=digits.append)
+    try:
+        to = ("127.0.0.1", s.port)
+        stranger.send(dtmf(5, 1000), to)  # first: before the caller sent anything
+        stranger.send(rtp(0, 1, 1160, b"\x00" * 160), to)
+        time.sleep(0.1)
+        assert digits == [] and s.read_frame(0.05) is None
+        far.send(dtmf(1, 2000), to)
+        assert wait_for(lambda: digits == ["1"])
+        stranger.send(dtmf(9, 3000), to)
+        stranger.send(rtp(0, 2, 3160, b"\x00" * 160), to)
+        time.sleep(0.1)
+        assert digits == ["1"] and s.read_frame(0.05) is None
+    finally:
+        s.stop(wait=1)
+
+
+def test_nat_latches_on_the_first_source_of_the_sdp_address(pool, far):
+    # the SDP names port 9 of the caller's address; NAT changed the port: the first sender from that
+    # address is latched on, another port of the same address is then dropped
+    other = Peer()
+    digits: list[str] = []
+    s = RtpSession(pool, pool.bind(), "PCMU", 0, 101, ("127.0.0.1", 9), on_digit=digits.append)
+    s.start()
+    try:
+        to = ("127.0.0.1", s.port)
+        far.send(dtmf(1, 1000), to)
+        assert wait_for(lambda: digits == ["1"])
+        other.send(dtmf(2, 2000), to)
+        far.send(dtmf(3, 3000), to)
+        assert wait_for(lambda: len(digits) == 2)
+        assert digits == ["1", "3"]
+    finally:
+        s.stop(wait=1)
+        other.close()
+
+
+def test_a_trusted_provider_relay_may_send_from_its_own_address(pool, far, stranger):
+    digits: list[str] = []
+    s = RtpSession(pool, pool.bind(), "PCMU", 0, 101, ("192.0.2.10", 4000), on_digit=digits.append,
+                   trusted=lambda ip: ip == "127.0.0.2")
+    s.start()
+    try:
+        to = ("127.0.0.1", s.port)
+        far.send(dtmf(1, 1000), to)  # neither the SDP's address nor trusted
+        stranger.send(dtmf(2, 2000), to)  # the provider's relay
+        assert wait_for(lambda: digits == ["2"])
+        far.send(dtmf(3, 3000), to)
+        time.sleep(0.1)
+        assert digits == ["2"]
+    finally:
+        s.stop(wait=1)
+
+
+def test_a_new_sdp_moves_the_accepted_source(pool, far, stranger):
+    digits: list[str] = []
+    s = session(pool, far, "PCMU", 0, on_digit=digits.append)
+    try:
+        to = ("127.0.0.1", s.port)
+        far.send(dtmf(1, 1000), to)
+        assert wait_for(lambda: digits == ["1"])
+        s.set_remote(stranger.addr)  # a re-INVITE moved the media
+        far.send(dtmf(2, 2000), to)
+        stranger.send(dtmf(3, 3000), to)
+        assert wait_for(lambda: len(digits) == 2)
+        assert digits == ["1", "3"]
+    finally:
+        s.stop(wait=1)
+
+
+def test_a_spoofed_key_does_not_pass_the_challenge(far, stranger):
+    # through the agent: the caller's SDP names `far`; another host sends the right key first
+    provider = Peer()
+    got: list[str | None] = []
+    answered = threading.Event()
+
+    def handler(call: Call) -> None:
+        call.answer()
+        answered.set()
+        got.append(call.wait_digit(0.5))
+        got.append(call.wait_digit(2))
+        call.hangup()
+
+    try:
+        with running_agent(provider, Recorder(handler)) as agent:
+            text = invite(agent.local_port, provider, "spoof", body=sdp(far.port, "0 101"))
+            provider.send(text, agent_addr(agent))
+            ok = provider.expect(status(200))
+            provider.send(in_dialog("ACK", parse(text.encode()), ok, provider, 1), agent_addr(agent))
+            assert answered.wait(2)
+            to = ("127.0.0.1", parse_sdp(ok.body).port)
+            for ts in range(1000, 6000, 1000):
+                stranger.send(dtmf(5, ts), to)
+            time.sleep(0.6)
+            far.send(dtmf(1, 9000), to)
+            provider.expect(lambda m: m.method == "BYE", 3)
+        assert got == [None, "1"]
+    finally:
+        provider.close()

@@ -946,7 +946,7 @@ class SipAgent:
                 self._reject(call, 480, "Temporarily Unavailable", "error")
                 return False
             media = RtpSession(self.pool, sock, codec, pt, event_pt, remote if remote[1] else ("0.0.0.0", 0),
-                               on_digit=call._digit)
+                               on_digit=call._digit, trusted=self.is_trusted)
             if offer is None:
                 media.outPort = 0  # nothing to send to until the ACK brings the answer
             call.media, call.codec = media, codec

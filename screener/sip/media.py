@@ -7,6 +7,7 @@ codec and buffering are replaced here because of B6, B7, B13, B21 and B22.
 from __future__ import annotations
 
 import audioop
+import ipaddress
 import logging
 import random
 import select
@@ -27,6 +28,18 @@ FRAME_SECONDS = 0.02
 INPUT_FRAMES = 50  # B22: at most 1 s of received audio is buffered per call
 DTMF_KEYS = "0123456789*#ABCD"
 CODECS = {"PCMU": PayloadType.PCMU, "PCMA": PayloadType.PCMA}
+
+
+def _plain_ip(host: str) -> str:
+    """An address as recvfrom() and the SDP may spell it differently: no IPv4-mapped prefix, no zone, compressed."""
+    host = host.strip("[]").split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name in c=: only a trusted source can latch
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return ip.compressed
 
 
 class PortPool:
@@ -74,7 +87,7 @@ class RtpSession(RTPClient):
 
     def __init__(self, pool: PortPool, sock: socket.socket, codec: str, payload: int, event_payload: int | None,
                  remote: tuple[str, int], on_digit: Callable[[str], None] | None = None,
-                 accept_from: Callable[[str], bool] | None = None) -> None:
+                 trusted: Callable[[str], bool] | None = None) -> None:
         assoc = {payload: CODECS[codec]}
         if event_payload is not None:
             assoc[event_payload] = PayloadType.EVENT
@@ -85,7 +98,10 @@ class RtpSession(RTPClient):
         self.event_payload = event_payload
         self.pool = pool
         self.sin = self.sout = sock
-        self.accept_from = accept_from
+        self.trusted = trusted  # the provider's addresses: its media relay may send from one the SDP did not name
+        self._expect = (_plain_ip(remote[0]), remote[1])  # what the caller's SDP announced (c= / m=)
+        self._source: tuple[str, int] | None = None  # the sender latched on (see _accepts)
+        self._dropped = 0
         self.pmin = self.pmout = None  # type: ignore[assignment]  # B22: unbounded buffers never used
         self.outSequence = random.randrange(0x10000)
         self.outTimestamp = random.randrange(0x100000000)
@@ -129,7 +145,31 @@ class RtpSession(RTPClient):
         self.pool.release(self.inPort)
 
     def set_remote(self, addr: tuple[str, int]) -> None:
+        """A new SDP (re-INVITE, late answer): send there, and accept only what that SDP announced."""
         self.outIP, self.outPort = addr
+        self._expect, self._source = (_plain_ip(addr[0]), addr[1]), None
+
+    def _accepts(self, addr: tuple[str, int]) -> bool:
+        """Whether a datagram from `addr` belongs to this call (runs on the RTP thread, per packet)."""
+        # Anyone who learns the port could send RTP to it, DTMF included, and pass the challenge for a caller
+        # who never pressed a key. So only the sender the SDP announced is heard. NAT may change the source
+        # port (and a provider's media relay send from an address of its own): the first packet from the
+        # SDP's address on any port, or from a trusted provider address, latches the session onto its exact
+        # source; from then on nothing else is heard until a new SDP comes.
+        src = (addr[0], addr[1])
+        if self._source is not None:
+            return src == self._source
+        ip = _plain_ip(src[0])
+        if ip == self._expect[0] or (self.trusted is not None and self.trusted(ip)):
+            self._source = src
+            if (ip, src[1]) != self._expect:
+                log.info("screener: RTP latched on %s:%d (SDP said %s:%d)", ip, src[1], *self._expect)
+            return True
+        self._dropped += 1
+        if self._dropped == 1:
+            log.warning("screener: RTP from %s:%d dropped: not the caller's media address %s:%d", ip, src[1],
+                        *self._expect)
+        return False
 
     # -- audio out --
 
@@ -199,7 +239,7 @@ class RtpSession(RTPClient):
                 return
             except OSError:  # ICMP errors surface here; they must not end the stream
                 return
-            if self.accept_from and not self.accept_from(addr[0]):
+            if not self._accepts(addr):
                 continue
             try:
                 self.parse_packet(data)
