@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
 
 import pytest
-from test_sip_support import FAST, Peer, Recorder, agent_addr, method, options, running_agent
+from test_sip_support import FAST, Peer, Recorder, agent_addr, invite, method, options, running_agent
 
 from screener.sip import RegStatus, auth
-from screener.sip.agent import backoff_delay
+from screener.sip.agent import REFRESH_MAX, backoff_delay
 from screener.sip.message import Message, name_addr, params, parse
 
 
@@ -216,6 +217,85 @@ def test_keepalive_options_and_reregistration_after_provider_loss(registrar):
         st.wait("failed", 3)
         serve_register(registrar, timeout=4)
         st.wait_last("registered")
+
+
+def test_refresh_is_capped_whatever_the_expiry(registrar):
+    # a registrar restarting between two refreshes forgets the binding silently: refresh at least every
+    # refresh_max (REFRESH_MAX, 60 s), even when an hour was granted
+    st = Statuses()
+    timing = dataclasses.replace(FAST, refresh_max=1.0)
+    with running_agent(registrar, Recorder(), register=True, on_status=st, timing=timing, register_expires=3600):
+        first = serve_register(registrar, expires=3600)
+        t0 = time.monotonic()
+        st.wait("registered")
+        again = registrar.expect(method("REGISTER"), 3)
+        assert 0.9 <= time.monotonic() - t0 <= 1.6
+        assert again.call_id == first.call_id
+    assert REFRESH_MAX == 60.0
+
+
+def test_registrar_answering_again_ends_the_backoff(registrar):
+    # an OPTIONS times out, later ones are answered again: REGISTER at once, not after the backoff (5 s here)
+    st = Statuses()
+    timing = dataclasses.replace(FAST, backoff_min=5.0, backoff_max=5.0, options_timeout=0.3)
+    with running_agent(registrar, Recorder(), register=True, on_status=st, timing=timing, keepalive_interval=1):
+        serve_register(registrar, expires=3600)
+        st.wait("registered")
+        lost = registrar.expect(method("OPTIONS"), 2)  # the registrar is down: no answer
+        st.wait("failed", 2)
+        probe = registrar.expect(lambda m: m.method == "OPTIONS" and m.call_id != lost.call_id, 2)
+        registrar.send(reply(probe, 200, "OK"), req_source(probe))
+        t0 = time.monotonic()
+        serve_register(registrar, timeout=1.0)
+        assert time.monotonic() - t0 < 1.0
+        st.wait_last("registered")
+
+
+def test_keepalive_answered_only_after_retransmissions_registers_again(registrar):
+    # the registrar was away when the ping went out and answered a retransmission: it may have restarted
+    # without our binding (tests/e2e: kamailio down 2 s, keepalive 1 s)
+    st = Statuses()
+    with running_agent(registrar, Recorder(), register=True, on_status=st, keepalive_interval=1):
+        serve_register(registrar, expires=3600)
+        st.wait("registered")
+        first = registrar.expect(method("OPTIONS"), 2)
+        again = registrar.expect(method("OPTIONS"), 1)
+        assert again.branch == first.branch  # a retransmission
+        registrar.send(reply(again, 200, "OK"), req_source(again))
+        serve_register(registrar, timeout=0.5)
+        assert not any(s.state == "failed" for s in st.seen)
+
+
+def foreign_invite(agent_port: int, peer: Peer, call_id: str, uri: str) -> str:
+    text = invite(agent_port, peer, call_id)
+    return f"INVITE {uri} SIP/2.0" + text[text.index("\r\n"):]
+
+
+def test_invite_not_for_our_contact_registers_again(registrar):
+    # an INVITE routed to the AOR (or an old contact) reached us other than through our binding
+    st = Statuses()
+    rec = Recorder()
+    with running_agent(registrar, rec, register=True, on_status=st) as agent:
+        serve_register(registrar, expires=3600)
+        st.wait("registered")
+        ours = f"sip:0612345678@127.0.0.1:{agent.local_port}"  # the user part may be rewritten: still ours
+        registrar.send(foreign_invite(agent.local_port, registrar, "ours", ours), agent_addr(agent))
+        registrar.expect(lambda m: m.status == 100 and m.call_id == "ours")
+        assert registrar.silent(0.3)
+        registrar.send(foreign_invite(agent.local_port, registrar, "aor", "sip:screener@provider.example"),
+                       agent_addr(agent))
+        serve_register(registrar, timeout=1.0)
+        deadline = time.monotonic() + 1
+        while len(rec.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [c.call_id for c in rec.calls] == ["ours", "aor"]  # and the call itself is handled as usual
+        registrar.send(foreign_invite(agent.local_port, registrar, "aor2", "sip:screener@provider.example"),
+                       agent_addr(agent))
+        registrar.expect(lambda m: m.status == 100 and m.call_id == "aor2")
+        late = []
+        while (m := registrar.recv(0.3)) is not None:
+            late.append(m.method or m.status)
+        assert "REGISTER" not in late  # at most one extra REGISTER per REBIND_MIN_INTERVAL
 
 
 def test_stop_is_quick_with_a_silent_registrar_and_unregisters(registrar):

@@ -48,7 +48,13 @@ USER_AGENT = f"screener/{__version__}"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
 MAX_DIALOGS = 256  # beyond this new INVITEs get 486: only this branch ends, the house keeps ringing
 UNTRUSTED_LOG_INTERVAL = 60.0
-REBIND_KEEPALIVES = 4  # refresh the registration at least every 4 keepalive intervals
+# A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
+# forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
+# until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry
+# (it was 4 keepalive intervals: 100 s by default). One REGISTER a minute, two when the nonce went stale,
+# is the rate phones behind NAT commonly use.
+REFRESH_MAX = 60.0
+REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds for INVITEs not sent to our contact
 PARKED_WORKERS = 2  # call-handler threads kept waiting for the next call (see _Workers)
 
 
@@ -64,6 +70,7 @@ class Timing:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     refresh: tuple[float, float] = (0.5, 0.8)  # refresh at this fraction of the granted expiry
+    refresh_max: float = REFRESH_MAX  # ... but at least this often
     stop_timeout: float = 1.5  # the unregister's share of stop()
 
 
@@ -342,6 +349,9 @@ class SipAgent:
         self._provider_ips: set[str] = set()
         self._trusted_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_sources]
         self._stopping = threading.Event()  # registration: stop and unregister
+        self._reg_wake = threading.Event()  # wakes the registration thread: stop, or register again now
+        self._rebind_reason: str | None = None
+        self._last_rebind = 0.0
         self._closing = threading.Event()  # socket thread: stop (after the unregister went out)
         self._threads: list[threading.Thread] = []
         self._status_q: deque[RegStatus] = deque()
@@ -402,6 +412,7 @@ class SipAgent:
         if self._stopping.is_set() or self.sock is None:
             return
         self._stopping.set()
+        self._reg_wake.set()
         for t in self._threads:
             if t.name == "sip-register":
                 t.join(self.timing.stop_timeout + 0.3)
@@ -713,6 +724,8 @@ class SipAgent:
         elif msg.body:
             self._respond(msg, addr, 415, "Unsupported Media Type", [("accept", "application/sdp")])
             return
+        if not self._is_our_contact(msg.uri):
+            self.request_rebind(f"INVITE for {msg.uri[:80]}, not our contact")
         info = self._incoming(msg, addr)
         call = Call(self, info, msg, addr)
         call.offer = offer
@@ -721,6 +734,29 @@ class SipAgent:
         call.last_response = self._respond(msg, addr, 100, "Trying")
         # B2: the handler starts now, not 1 s later, and nothing is sent on its behalf but 100 Trying
         self._workers.submit(self._run_handler, call)
+
+    def _is_our_contact(self, uri: str) -> bool:
+        """Whether a Request-URI names the host and port we registered (the user part providers rewrite)."""
+        if not self.contact_host:
+            return True
+        try:
+            u = parse_uri(uri)
+        except ParseError:
+            return True
+        return u.host.strip("[]").lower() == self.contact_host.lower() and (u.port or 5060) == self.local_port
+
+    def request_rebind(self, reason: str) -> None:
+        """Register again now (at most once per REBIND_MIN_INTERVAL): the registrar may have lost our binding."""
+        # An INVITE addressed to something other than our Contact reached us by another route than our
+        # binding (a registrar that lost it and routes to the AOR, a stale binding of an old address).
+        now = time.monotonic()
+        if not self.register_enabled or self.status.state != "registered":
+            return
+        if now - self._last_rebind < REBIND_MIN_INTERVAL:
+            return
+        self._last_rebind = now
+        self._rebind_reason = reason
+        self._reg_wake.set()
 
     def _incoming(self, msg: Message, addr: tuple[str, int]) -> IncomingCall:
         from_provider = addr[0] in self._provider_ips or self.is_trusted(addr[0])
@@ -1227,6 +1263,10 @@ class SipAgent:
         failures = 0
         self._set_status("registering")
         while not self._stopping.is_set():
+            self._reg_wake.clear()
+            if self._rebind_reason:
+                log.info("screener: registering again: %s", self._rebind_reason)
+                self._rebind_reason = None
             self._resolve_provider()
             ok, err, retry_after, granted = self._register_once(self._expires)
             if self._stopping.is_set():
@@ -1236,45 +1276,86 @@ class SipAgent:
                 granted = granted or self._expires
                 self._set_status("registered", None, granted)
                 lo, hi = self.timing.refresh
-                period = granted * random.uniform(lo, hi)
-                if self.cfg.keepalive_interval:
-                    # a registrar that restarts between two pings forgets us without a sign: rebind often
-                    period = min(period, REBIND_KEEPALIVES * self.cfg.keepalive_interval)
-                refresh_at = time.monotonic() + max(1.0, period)
-                if not self._keepalive_until(refresh_at):
+                period = min(granted * random.uniform(lo, hi), self.timing.refresh_max)
+                if not self._keepalive_until(time.monotonic() + max(1.0, period)):
                     failures = 1
-                    delay = backoff_delay(failures, self.timing)
-                    self._stopping.wait(delay)
+                    self._backoff(backoff_delay(failures, self.timing), probe=True)
                 continue
             failures += 1
             self._set_status("failed", err)
             delay = retry_after if retry_after is not None else backoff_delay(failures, self.timing)
-            self._stopping.wait(delay)
+            # only a registrar that did not answer is probed; one that refused us is not asked again early
+            self._backoff(delay, probe=bool(err and err.startswith("no answer")))
         if self.status.state == "registered":
             self._register_once(0)  # unregister, best effort, within stop_timeout
         self._set_status("unregistered", None)
 
+    def _sleep(self, seconds: float) -> bool:
+        """Wait on the registration thread; True when woken early (stop, or register again now)."""
+        return self._reg_wake.wait(seconds)
+
+    def _backoff(self, delay: float, probe: bool) -> None:
+        """Wait before the next REGISTER; with `probe`, ping with OPTIONS and end the wait when one is answered.
+
+        A registrar that was down answers again long before a backoff grown to backoff_max is over: the
+        OPTIONS it answers ends the wait, so the binding is back within a keepalive interval of its return.
+        """
+        deadline = time.monotonic() + delay
+        interval = self.cfg.keepalive_interval
+        while (left := deadline - time.monotonic()) > 0:
+            if not probe or not interval or left <= interval:
+                self._sleep(left)
+                return
+            if self._sleep(interval):
+                return
+            dest = self._ping_dest()
+            if dest is not None and self._ping(dest) is not None:
+                log.info("screener: the SIP registrar answers again: registering")
+                return
+
+    def _ping_dest(self) -> tuple[str, int] | None:
+        """Where keepalive OPTIONS go: the registrar or outbound proxy, resolved; None when it does not resolve."""
+        host, port = self._proxy()
+        try:
+            return str(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]), port
+        except OSError:
+            return None
+
+    def _ping(self, dest: tuple[str, int]) -> Message | None:
+        """One OPTIONS; its final response, None when none came."""
+        return self._transact(self._options_request(), dest, self.timing.options_timeout)
+
     def _keepalive_until(self, deadline: float) -> bool:
-        """Ping the registrar with OPTIONS every keepalive_interval until `deadline`; False when it went silent."""
+        """Ping the registrar with OPTIONS every keepalive_interval until `deadline`; False when it went silent.
+
+        Returns True early when the agent stops or a new REGISTER is due: asked for (request_rebind), or
+        because a ping was answered only after retransmissions. A registrar that restarted between two pings
+        is not noticed here (its replies carry no identity to compare: kamailio's stateless To-tag keeps its
+        prefix across restarts, other servers draw a new tag per reply): refresh_max bounds that case.
+        """
         interval = self.cfg.keepalive_interval
         while not self._stopping.is_set():
             now = time.monotonic()
             if now >= deadline:
                 return True
             wait = deadline - now if not interval else min(interval, deadline - now)
-            if self._stopping.wait(wait):
+            if self._sleep(wait):
                 return True
             if not interval or time.monotonic() >= deadline:
                 continue
-            host, port = self._proxy()
-            try:
-                dest = (str(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]), port)
-            except OSError:
+            dest = self._ping_dest()
+            if dest is None:
                 continue
-            resp = self._transact(self._options_request(), dest, self.timing.options_timeout)
-            if resp is None and not self._stopping.is_set():
-                self._set_status("failed", f"no answer from {format_host(dest[0])}:{dest[1]}")
-                return False
+            sent = time.monotonic()
+            if self._ping(dest) is None:
+                if not self._stopping.is_set():
+                    self._set_status("failed", f"no answer from {format_host(dest[0])}:{dest[1]}")
+                    return False
+            elif time.monotonic() - sent > self.timing.t1:
+                # answered, but only a retransmission was: the registrar was away (restarting?) when the
+                # first one came, and may have come back without our binding. One REGISTER settles it.
+                self._rebind_reason = "a keepalive was answered only after retransmissions"
+                return True
         return True
 
     def _options_request(self) -> bytes:
