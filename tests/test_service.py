@@ -16,7 +16,7 @@ from sqlalchemy import select
 from screener import audio, config, store
 from screener.numbers import parse_caller
 from screener.rules import Decision
-from screener.service import CallHandler, Service, capture_signals, phonebook_decision
+from screener.service import CallHandler, CallLog, Service, capture_signals, phonebook_decision
 
 
 @dataclass
@@ -248,6 +248,29 @@ def test_row_text_is_fitted_like_the_orm_does(make):
     (row,) = rows(db)
     assert row.call_id == "c" * 255 and len(row.called_line) == 255
     assert "\x00" not in row.from_raw and row.from_raw.endswith("tag=\ufffdx")
+
+
+def test_call_log_on_every_database(st):
+    # the Core path of the call rows, on SQLite and PostgreSQL (which refuses NUL and over-long text)
+    with st.write() as s:
+        entry_id = store.put_entry(s, "block", "+390212345678").id
+    log = CallLog(st)
+    try:
+        when = store.utcnow()
+        row_id = log.open(dict(started_at=when, call_id="x" * 300, source="192.0.2.1:5060",
+                               from_raw="<sip:0212345678@h>;tag=\x00", called_line="", decision="block",
+                               rule_id=entry_id, reason="on the block list", outcome=None))
+        assert log.open(dict(started_at=when, call_id="second", decision="allow")) == row_id + 1
+        log.close(row_id, dict(ended_at=when, outcome="blocked", duration_s=0.01, digits="1" * 40),
+                  (entry_id, when))
+    finally:
+        log.dispose()
+    with st.read() as s:
+        row = s.get(store.Call, row_id)
+        assert (row.outcome, row.digits, len(row.call_id)) == ("blocked", "1" * 32, 255)
+        assert row.from_raw.endswith("tag=\ufffd") and row.started_at == when
+        entry = s.get(store.ListEntry, entry_id)
+        assert (entry.hit_count, entry.last_hit_at) == (1, when)
 
 
 def test_process_tuning_helpers():
