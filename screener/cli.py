@@ -386,6 +386,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from screener.service import run_service
 
     cfg = _load(args)
+    if not (cfg.sip.server and cfg.sip.username and cfg.sip.password):
+        missing = next(k for k, v in (("server", cfg.sip.server), ("username", cfg.sip.username),
+                                      ("password", cfg.sip.password)) if not v)
+        raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
+                       "\"Attaching screener to your line\") before `screener run`")
     _store(cfg).dispose()
     return run_service(cfg, with_web=True)
 
