@@ -314,11 +314,6 @@ def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, s
     return total
 
 
-def record_hit(session: Session, entry_id: int, when: datetime) -> None:
-    session.execute(update(ListEntry).where(ListEntry.id == entry_id)
-                    .values(hit_count=ListEntry.hit_count + 1, last_hit_at=when))
-
-
 # --- calls and status -----------------------------------------------------------------------------------
 
 

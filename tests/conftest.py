@@ -95,3 +95,12 @@ def st(db_url: str) -> Iterator[store.Store]:
     store.upgrade(s)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def db(conf: Path) -> Iterator[store.Store]:
+    """The migrated store behind the test module's `conf` config file, to seed and inspect."""
+    st = store.Store(config.load(conf).database_url)
+    store.upgrade(st)
+    yield st
+    st.dispose()

@@ -6,7 +6,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import inspect, select
 from werkzeug.security import check_password_hash
 
-from screener import cli, config, store
+from screener import cli, store
 from screener.csvio import EXPORT_COLUMNS
 from screener.presets import PRESETS
 
@@ -44,15 +44,6 @@ def run(conf: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[i
         return status, out, err
 
     return run_
-
-
-@pytest.fixture
-def db(conf: Path) -> Iterator[store.Store]:
-    """The migrated store behind `conf`, to seed and inspect."""
-    st = store.Store(config.load(conf).database_url)
-    store.upgrade(st)
-    yield st
-    st.dispose()
 
 
 def _entries(run: Callable[..., tuple[int, str, str]]) -> list[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from screener import cli, config, store
+from screener import cli, store
 from screener.evidence import (
     FIELDS,
     called_line,
@@ -217,14 +217,6 @@ def test_summary_of_nothing() -> None:
 @pytest.fixture
 def conf(write_config: Callable[[str], Path]) -> Path:
     return write_config('[screening]\ntimezone = "Europe/Rome"\n')
-
-
-@pytest.fixture
-def db(conf: Path) -> Iterator[store.Store]:
-    st = store.Store(config.load(conf).database_url)
-    store.upgrade(st)
-    yield st
-    st.dispose()
 
 
 @pytest.fixture

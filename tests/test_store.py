@@ -83,18 +83,6 @@ def test_bulk_put_upserts_and_moves(st: store.Store) -> None:
     assert rows == {"+390211111111": ("block", "now blocked", "import"), "+390844*": ("block", "tm", "import")}
 
 
-def test_record_hit(st: store.Store) -> None:
-    when = datetime(2026, 11, 29, 20, 0, tzinfo=UTC)
-    with st.write() as s:
-        entry_id = store.put_entry(s, "block", "+390844*").id
-    for _ in range(2):
-        with st.write() as s:
-            store.record_hit(s, entry_id, when)
-    with st.read() as s:
-        e = s.get(store.ListEntry, entry_id)
-        assert (e.hit_count, e.last_hit_at) == (2, when)
-
-
 def test_call_round_trip_keeps_utc_and_text(st: store.Store) -> None:
     started = datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC)
     name = "Mario \u202e<script>"
