@@ -33,6 +33,7 @@ from sqlalchemy.types import TypeDecorator
 
 from screener.numbers import Caller
 from screener.rules import CLASSES, Rule, RuleSet, Window, candidate_patterns, window_from_mask
+from screener.text import clean
 
 OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challenge", "caller_hung_up",
             "over_capacity", "interrupted")
@@ -70,11 +71,11 @@ class Base(DeclarativeBase):
 
 def _fit(obj: Base, key: str, value: str | None) -> str | None:
     """Text as every database takes it: cut to the column's length (SQLite would keep the excess, PostgreSQL
-    refuse the row) and without NUL characters (PostgreSQL refuses them; a SIP header may carry one)."""
+    refuse the row), made safe by text.clean (no driver encodes a lone surrogate; PostgreSQL refuses NUL)."""
     if value is None:
         return None
     limit = getattr(obj.__table__.c[key].type, "length", None)  # type: ignore[attr-defined]
-    return value.replace("\x00", "\ufffd")[:limit]
+    return clean(value)[:limit]
 
 
 def fit_text(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
