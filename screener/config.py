@@ -135,6 +135,8 @@ class ScreeningConfig:
     challenge_timeout: float = _opt(8.0, _range(1, 60, "a number"))
     challenge_repeats: int = _opt(1, _range(0, 5))
     max_screened_calls: int = _opt(4, _range(1, 64))
+    max_ring_time: float = _opt(180.0, _range(10, 3600, "a number"))
+    on_database_error: str = _opt("allow", _one_of("allow", "screen"))
     remember_verified: bool = _opt(True)
     voicemail: bool = _opt(True)
     voicemail_max_seconds: int = _opt(120, _range(5, 600))

@@ -36,7 +36,7 @@ from screener.rules import CLASSES, Rule, RuleSet, Window, candidate_patterns, w
 from screener.text import clean
 
 OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challenge", "caller_hung_up",
-            "over_capacity", "interrupted")
+            "over_capacity", "interrupted", "error")
 
 
 # the number, each of its prefixes and every class; parse_caller gives invalid numbers up to 20 digits
