@@ -221,7 +221,7 @@ def test_keepalive_options_and_reregistration_after_provider_loss(registrar):
 
 def test_refresh_is_capped_whatever_the_expiry(registrar):
     # a registrar restarting between two refreshes forgets the binding silently: refresh at least every
-    # refresh_max (REFRESH_MAX, 60 s), even when an hour was granted
+    # refresh_max (REFRESH_MAX, 20 s), even when an hour was granted
     st = Statuses()
     timing = dataclasses.replace(FAST, refresh_max=1.0)
     with running_agent(registrar, Recorder(), register=True, on_status=st, timing=timing, register_expires=3600):
@@ -231,7 +231,7 @@ def test_refresh_is_capped_whatever_the_expiry(registrar):
         again = registrar.expect(method("REGISTER"), 3)
         assert 0.9 <= time.monotonic() - t0 <= 1.6
         assert again.call_id == first.call_id
-    assert REFRESH_MAX == 60.0
+    assert REFRESH_MAX == 20.0  # README: registered again within 30 s of a registrar's return
 
 
 def test_registrar_answering_again_ends_the_backoff(registrar):
@@ -248,6 +248,19 @@ def test_registrar_answering_again_ends_the_backoff(registrar):
         t0 = time.monotonic()
         serve_register(registrar, timeout=1.0)
         assert time.monotonic() - t0 < 1.0
+        st.wait_last("registered")
+
+
+def test_silent_registrar_is_probed_without_keepalives(registrar):
+    # keepalives off and a long backoff: the probe (probe_interval) still finds the registrar back early
+    st = Statuses()
+    timing = dataclasses.replace(FAST, backoff_min=30.0, backoff_max=30.0, probe_interval=0.3)
+    with running_agent(registrar, Recorder(), register=True, on_status=st, timing=timing, keepalive_interval=0):
+        registrar.expect(method("REGISTER"), 2)  # unanswered, with its retransmissions
+        st.wait("failed", 3)
+        probe = registrar.expect(method("OPTIONS"), 3)
+        registrar.send(reply(probe, 200, "OK"), req_source(probe))
+        serve_register(registrar, timeout=2.0)
         st.wait_last("registered")
 
 

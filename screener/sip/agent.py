@@ -50,10 +50,14 @@ MAX_DIALOGS = 256  # beyond this new INVITEs get 486: only this branch ends, the
 UNTRUSTED_LOG_INTERVAL = 60.0
 # A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
 # forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
-# until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry
-# (it was 4 keepalive intervals: 100 s by default). One REGISTER a minute, two when the nonce went stale,
-# is the rate phones behind NAT commonly use.
-REFRESH_MAX = 60.0
+# until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry: a
+# registrar back without our binding has it again within REFRESH_MAX (plus one REGISTER exchange). 20 s is
+# under the 30 s that promise allows and about the rate phones behind NAT send REGISTERs as keepalives; with
+# the default keepalive_interval (25 s) no OPTIONS go out between refreshes at all.
+REFRESH_MAX = 20.0
+# While the registrar does not answer, an OPTIONS probe goes out at least this often (more often when
+# keepalive_interval is shorter): its return ends the backoff, however long the backoff has grown.
+PROBE_INTERVAL = 5.0
 REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds for INVITEs not sent to our contact
 PARKED_WORKERS = 2  # call-handler threads kept waiting for the next call (see _Workers)
 
@@ -71,6 +75,7 @@ class Timing:
     backoff_max: float = 60.0
     refresh: tuple[float, float] = (0.5, 0.8)  # refresh at this fraction of the granted expiry
     refresh_max: float = REFRESH_MAX  # ... but at least this often
+    probe_interval: float = PROBE_INTERVAL  # OPTIONS to a registrar that stopped answering
     stop_timeout: float = 1.5  # the unregister's share of stop()
 
 
@@ -1284,8 +1289,8 @@ class SipAgent:
             failures += 1
             self._set_status("failed", err)
             delay = retry_after if retry_after is not None else backoff_delay(failures, self.timing)
-            # only a registrar that did not answer is probed; one that refused us is not asked again early
-            self._backoff(delay, probe=bool(err and err.startswith("no answer")))
+            # only a registrar we could not reach is probed; one that refused us is not asked again early
+            self._backoff(delay, probe=not (err and err[:3].isdigit()))
         if self.status.state == "registered":
             self._register_once(0)  # unregister, best effort, within stop_timeout
         self._set_status("unregistered", None)
@@ -1297,19 +1302,23 @@ class SipAgent:
     def _backoff(self, delay: float, probe: bool) -> None:
         """Wait before the next REGISTER; with `probe`, ping with OPTIONS and end the wait when one is answered.
 
-        A registrar that was down answers again long before a backoff grown to backoff_max is over: the
-        OPTIONS it answers ends the wait, so the binding is back within a keepalive interval of its return.
+        A registrar that was down answers again long before a backoff grown to backoff_max is over: a probe
+        goes out every probe_interval (keepalive_interval when shorter) and the first one answered ends the
+        wait, so the binding is back within about probe_interval + options_timeout of the registrar's return.
         """
         deadline = time.monotonic() + delay
-        interval = self.cfg.keepalive_interval
+        keepalive = self.cfg.keepalive_interval
+        interval = min(keepalive, self.timing.probe_interval) if keepalive else self.timing.probe_interval
         while (left := deadline - time.monotonic()) > 0:
-            if not probe or not interval or left <= interval:
+            if not probe or left <= interval:
                 self._sleep(left)
                 return
             if self._sleep(interval):
                 return
             dest = self._ping_dest()
-            if dest is not None and self._ping(dest) is not None:
+            if dest is None:
+                return  # not resolvable now: the next REGISTER attempt resolves again and reports why
+            if self._ping(dest) is not None:
                 log.info("screener: the SIP registrar answers again: registering")
                 return
 
