@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from screener.rules import Window, format_days, normalize_pattern
+from screener.text import strip_bidi
 
 NUMBER_COLUMNS = ("number", "phone", "pattern", "numero", "telefono", "phone number", "phonenumber",
                   "numero di telefono", "tel", "nummer", "rufnummer", "numéro", "caller", "callerid")
@@ -20,6 +22,11 @@ LABEL_COLUMNS = ("label", "description", "name", "descrizione", "nome", "etichet
                  "beschreibung", "name/description")
 EXPORT_COLUMNS = ("list", "pattern", "label", "days", "from", "to", "source", "hits", "last_hit")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A piece of a cell (the whole cell, or what follows a ";" that a semicolon-splitting spreadsheet, such as
+# Excel in Italy, would cut it at) that would run as a formula: it starts with a formula character and is
+# not a plain signed number like +390212345678, which no spreadsheet runs and a person must read as it is.
+_FORMULA_PIECE = re.compile(r"(^|;)(?=[=+\-@\t\r])(?![+-]\d+(?:[.,]\d+)?(?:;|$))")
+_NEUTRALISED_PIECE = re.compile(r"(^|;)'(?=[=+\-@\t\r])")
 
 
 class ListEntryLike(Protocol):
@@ -94,7 +101,7 @@ def parse_csv(text: str | bytes, region: str) -> ImportReport:
                 errors.append((line, "no number in this row"))
                 continue
             raw = cells[num_col].removeprefix("'")  # our own export neutralises cells with a leading '
-            label = cells[label_col].removeprefix("'") if label_col is not None and label_col < len(cells) else ""
+            label = unneutralise(cells[label_col]) if label_col is not None and label_col < len(cells) else ""
             try:
                 pattern = normalize_pattern(raw, region)
             except ValueError as e:
@@ -108,15 +115,28 @@ def parse_csv(text: str | bytes, region: str) -> ImportReport:
 
 
 def neutralise(cell: object) -> str:
-    """A cell that a spreadsheet would run as a formula gets a leading apostrophe."""
-    text = "" if cell is None else str(cell)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    """A cell as an export writes it: without bidirectional overrides, and with an apostrophe before every
+    piece a spreadsheet would run as a formula, at its start and after each ";" (plain numbers stay)."""
+    text = "" if cell is None else strip_bidi(str(cell))
+    if not text.startswith(_FORMULA_START) and ";" not in text:
+        return text
+    return _FORMULA_PIECE.sub(r"\1'", text)
+
+
+def unneutralise(cell: str) -> str:
+    """The text neutralise() was given, as far as an import needs it back (labels round-trip)."""
+    return _NEUTRALISED_PIECE.sub(r"\1", cell)
+
+
+def writer(out: io.StringIO) -> Any:
+    """A CSV writer that quotes every cell: no spreadsheet guesses a type or a delimiter inside one."""
+    return csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
 
 
 def export_csv(rows: Iterable[Iterable[object]]) -> str:
-    """CSV text with a header of EXPORT_COLUMNS; every cell neutralised against formula injection."""
+    """CSV text with a header of EXPORT_COLUMNS; every cell quoted and neutralised against formula injection."""
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\r\n")
+    w = writer(out)
     w.writerow(EXPORT_COLUMNS)
     for row in rows:
         w.writerow([neutralise(c) for c in row])

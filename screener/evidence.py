@@ -5,7 +5,6 @@ conduct (Garante, in force 28 Sep 2024: Mon-Fri 09:00-20:00, Sat 10:00-19:00, ne
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 from collections import Counter
@@ -15,7 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any, Protocol
 
-from screener.csvio import neutralise
+from screener.csvio import neutralise, writer
 from screener.numbers import parse_caller
 
 FIELDS = ("local_time", "utc_time", "line", "caller_raw", "e164", "withheld", "name", "call_id", "from_raw",
@@ -143,9 +142,10 @@ def _cell(value: object) -> str:
 
 
 def evidence_csv(rows: Iterable[Mapping[str, Any]]) -> str:
-    """CSV text with a header of FIELDS; yes/no for flags, every cell neutralised against formula injection."""
+    """CSV text with a header of FIELDS; yes/no for flags, every cell quoted, without bidirectional overrides
+    and neutralised against formula injection (csvio.neutralise)."""
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\r\n")
+    w = writer(out)
     w.writerow(FIELDS)
     for row in rows:
         w.writerow([_cell(row[k]) for k in FIELDS])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -133,8 +134,18 @@ def test_decode(data: bytes, text: str) -> None:
 
 @pytest.mark.parametrize(("cell", "text"), [
     ("=SUM(A1)", "'=SUM(A1)"),
-    ("+390212345678", "'+390212345678"),
-    ("-1", "'-1"),
+    ("+390212345678", "+390212345678"),  # a plain number runs nothing and must stay readable
+    ("-1", "-1"),
+    ("+39 02 1234", "'+39 02 1234"),
+    ("+390844*", "'+390844*"),
+    ("-2+3", "'-2+3"),
+    ("Rossi;=cmd|' /C calc'!A0", "Rossi;'=cmd|' /C calc'!A0"),  # what a ";"-splitting spreadsheet would cut off
+    ("a;+1+1;-x;@y;\tz", "a;'+1+1;'-x;'@y;'\tz"),
+    ("=a;=b", "'=a;'=b"),
+    ("a;+390212345678;b", "a;+390212345678;b"),
+    ("a; =b", "a; =b"),
+    ("Rossi; Mario", "Rossi; Mario"),
+    ("\u202eRossi\u2066", "Rossi"),
     ("@cmd", "'@cmd"),
     ("\tx", "'\tx"),
     ("\rx", "'\rx"),
@@ -178,7 +189,7 @@ ENTRIES = [
     FakeEntry("screen", "class:foreign", "@foreign", source="preset:it"),
     FakeEntry("block", "+390844*", "l'amico \"caro\""),
     FakeEntry("block", "+39899*", "\tpremium"),
-    FakeEntry("screen", "+33*", "+France; Paris"),
+    FakeEntry("screen", "+33*", "+France;=1+1"),
 ]
 
 
@@ -190,15 +201,18 @@ def test_entry_row() -> None:
 
 def test_export_csv_neutralises_every_cell() -> None:
     text = export_csv(entry_row(e) for e in ENTRIES)
-    assert text.startswith("list,pattern,label,days,from,to,source,hits,last_hit\r\n")
+    assert text.startswith('"list","pattern","label","days","from","to","source","hits","last_hit"\r\n')
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert tuple(rows[0]) == EXPORT_COLUMNS
-    assert rows[1] == ["block", "'+390212345678", "'=HYPERLINK(\"http://x\")", "mon-fri", "09:00", "18:00", "user",
+    assert rows[1] == ["block", "+390212345678", "'=HYPERLINK(\"http://x\")", "mon-fri", "09:00", "18:00", "user",
                        "3", "2026-03-04T11:00:00+00:00"]
-    assert rows[2][:3] == ["allow", "'+393471234567", "'-Bianchi, Anna"]
+    assert rows[2][:3] == ["allow", "+393471234567", "'-Bianchi, Anna"]
     assert rows[3][:3] == ["screen", "class:foreign", "'@foreign"]
     assert rows[5][2] == "'\tpremium"
-    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
+    assert rows[4][1] == "'+390844*" and rows[6][2] == "'+France;'=1+1"
+    assert all(re.fullmatch(r"[+-]\d+", piece) or not piece.startswith(("=", "+", "-", "@", "\t", "\r"))
+               for row in rows for cell in row for piece in cell.split(";"))
+    assert all(line.startswith('"') and line.endswith('"') for line in text.splitlines())  # every cell quoted
 
 
 def test_export_then_import_keeps_patterns_and_labels() -> None:
@@ -210,5 +224,5 @@ def test_export_then_import_keeps_patterns_and_labels() -> None:
 
 
 def test_export_of_nothing_is_the_header() -> None:
-    assert export_csv([]) == ",".join(EXPORT_COLUMNS) + "\r\n"
+    assert export_csv([]) == ",".join(f'"{c}"' for c in EXPORT_COLUMNS) + "\r\n"
     assert parse_csv(export_csv([]), "IT").rows == []

@@ -182,12 +182,12 @@ def test_csv_neutralises_formulas(hostile: str) -> None:
     got = dict(zip(header, cells, strict=True))
     for key in ("name", "caller_raw", "from_raw", "reason", "digits", "call_id"):
         assert got[key] == "'" + hostile
-    assert got["e164"] == "'+390212345678"  # numbers start with "+": neutralised as the list export does
-    assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
+    assert got["e164"] == "+390212345678"  # a plain number runs nothing: kept readable
+    assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells if c != "+390212345678")
 
 
 def test_csv_of_nothing_is_the_header() -> None:
-    assert evidence_csv([]) == ",".join(FIELDS) + "\r\n"
+    assert evidence_csv([]) == ",".join(f'"{f}"' for f in FIELDS) + "\r\n"
 
 
 def test_summary() -> None:
@@ -287,7 +287,7 @@ def test_cli_json_to_a_file(run: Callable[..., tuple[int, str, str]], db: store.
 
 
 def test_cli_empty_log(run: Callable[..., tuple[int, str, str]], db: store.Store) -> None:
-    assert run("-") == (0, ",".join(FIELDS) + "\r\n", "")
+    assert run("-") == (0, ",".join(f'"{f}"' for f in FIELDS) + "\r\n", "")
     assert run("--json", "-") == (0, "[]\n", "")
 
 
@@ -312,3 +312,14 @@ def test_dates_in_the_past_year_still_get_their_holidays() -> None:
     # the holiday set is computed per year: a report spanning New Year flags both 1 January and 6 January
     days = [datetime(2025, 12, 31, 11, tzinfo=ROME) + timedelta(days=n) for n in range(7)]
     assert [outside_code_hours(d) for d in days] == [False, True, False, False, True, False, True]
+
+
+def test_csv_quotes_every_cell_strips_bidi_and_splits_safely_on_semicolons() -> None:
+    call = FakeCall(utc("2026-03-04T11:00:00"), name="\u202eRossi;=cmd|' /C calc'!A0\u2069",
+                    from_raw="<sip:\u2066+390212345678@x>", reason="a;@SUM(A1)")
+    text = evidence_csv(evidence_rows([call], ROME, None))
+    assert all(line.startswith('"') and line.endswith('"') for line in text.splitlines())
+    got = dict(zip(*csv.reader(io.StringIO(text)), strict=True))
+    assert got["name"] == "Rossi;'=cmd|' /C calc'!A0"
+    assert got["from_raw"] == "<sip:+390212345678@x>"
+    assert got["reason"] == "a;'@SUM(A1)"
