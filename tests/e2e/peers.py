@@ -1193,3 +1193,103 @@ def percentile(values: Sequence[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+# --------------------------------------------------------------------------------- a caller for fault tests
+
+
+class FaultUac(PyUac):
+    """PyUac with any From, headers and SDP media, every response recorded, and a CANCEL at a chosen moment.
+
+    For what sipp scenarios make awkward: offers screener cannot serve (G.722, opus, RTP/SAVP), a display
+    name that is not UTF-8 (encoding="latin-1"), and a CANCEL timed against screener's answer: cancel_after
+    seconds after the first `cancel_on` response (e.g. 180), or after the INVITE when cancel_on is None.
+    """
+
+    def __init__(self, target: tuple[str, int], local: tuple[str, int] = (HOST, 0), *, media: str | None = None,
+                 from_header: str | None = None, encoding: str = "utf-8", cancel_on: int | None = None,
+                 cancel_after: float | None = None, cancel_reason: str | None = None) -> None:
+        super().__init__(target, local)
+        self.media = media  # SDP from the m= line on; "{port}" becomes the offered port
+        self.from_header = from_header  # "{number}" and "{host}" are filled in
+        self.encoding = encoding
+        self.cancel_on = cancel_on
+        self.cancel_after = cancel_after
+        self.cancel_reason = cancel_reason
+        self.responses: dict[str, list[tuple[float, int, str]]] = {}  # Call-ID -> (perf_counter, code, method)
+        self.final_headers: dict[str, dict[str, list[str]]] = {}  # Call-ID -> headers of the INVITE's final
+        self.cancelled: dict[str, float] = {}  # Call-ID -> perf_counter when the CANCEL left
+        self._armed: set[str] = set()
+
+    def codes(self, call_id: str, method: str = "INVITE") -> list[int]:
+        """The status codes received for one call's requests of `method`, in arrival order."""
+        with self._lock:
+            return [code for _, code, m in self.responses.get(call_id, []) if m == method]
+
+    def _invite(self, number: str, port: int, codecs: Sequence[str], extra: Sequence[str],
+                hold_s: float) -> CallResult:
+        tag, cid, branch = os.urandom(4).hex(), f"fault-{os.urandom(8).hex()}", "z9hG4bK" + os.urandom(6).hex()
+        host, lport = self.local
+        media = self.media if self.media is not None else (
+            "m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+        sdp = (f"v=0\r\no=faultuac 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+               + media.replace("{port}", str(port)))
+        from_h = (self.from_header.replace("{number}", number).replace("{host}", host) if self.from_header
+                  else f"<sip:{number}@{host}>")
+        req_uri = f"sip:{AOR_USER}@{self.target[0]}:{self.target[1]}"
+        head = (f"INVITE {req_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};branch={branch}\r\n"
+                f"From: {from_h};tag={tag}\r\nTo: <sip:{AOR_USER}@{self.target[0]}>\r\n"
+                f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{host}:{lport}>\r\nMax-Forwards: 70\r\n"
+                + "".join(h + "\r\n" for h in extra)
+                + f"Content-Type: application/sdp\r\nContent-Length: {len(sdp.encode(self.encoding))}\r\n\r\n")
+        result = CallResult(cid, number, time.perf_counter())
+        with self._lock:
+            self.calls[cid] = result
+            self._invites[cid] = f"{req_uri}\n{branch}\n{tag}\n{number}"
+            self._hold[cid] = hold_s
+        self.sock.sendto((head + sdp).encode(self.encoding), self.target)
+        if self.cancel_on is None and self.cancel_after is not None:
+            self._cancel_later(cid, self.cancel_after)
+        return result
+
+    def _on_response(self, t: float, code: int, cid: str, hdrs: dict[str, list[str]]) -> None:
+        method = ((hdrs.get("cseq") or [""])[0].split() or [""])[-1].upper()
+        with self._lock:
+            self.responses.setdefault(cid, []).append((t, code, method))
+            if method == "INVITE" and code >= 200 and cid not in self.final_headers:
+                self.final_headers[cid] = hdrs
+            arm = (self.cancel_on == code and method == "INVITE" and cid in self.calls and cid not in self._armed)
+            if arm:
+                self._armed.add(cid)
+        if arm:
+            self._cancel_later(cid, self.cancel_after or 0.0)
+        super()._on_response(t, code, cid, hdrs)
+
+    def _cancel_later(self, cid: str, delay: float) -> None:
+        if delay <= 0:
+            self.cancel(cid)
+            return
+        timer = threading.Timer(delay, self.cancel, (cid,))
+        timer.daemon = True
+        timer.start()
+
+    def cancel(self, cid: str) -> None:
+        """CANCEL the INVITE of one call (same branch and R-URI), unless it was refused or cancelled already."""
+        with self._lock:
+            call = self.calls.get(cid)
+            if call is None or cid in self.cancelled or self._stop.is_set():
+                return
+            if call.final_code is not None and call.final_code >= 300:
+                return
+            req_uri, branch, tag, number = self._invites[cid].split("\n")
+            self.cancelled[cid] = time.perf_counter()
+        host, lport = self.local
+        reason = f"Reason: {self.cancel_reason}\r\n" if self.cancel_reason else ""
+        msg = (f"CANCEL {req_uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{lport};branch={branch}\r\n"
+               f"From: <sip:{number}@{host}>;tag={tag}\r\nTo: <sip:{AOR_USER}@{self.target[0]}>\r\n"
+               f"Call-ID: {cid}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n{reason}Content-Length: 0\r\n\r\n")
+        try:
+            self.sock.sendto(msg.encode(), self.target)
+        except OSError:
+            pass
