@@ -93,12 +93,16 @@ def write_wav(path: Path, pcm: bytes) -> None:
     """Write line PCM as an 8 kHz 16-bit mono WAV file (atomically: a partial file never has the name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
-    with wave.open(str(tmp), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(pcm)
-    tmp.replace(path)
+    try:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(pcm)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a message behind
+        raise
 
 
 def beep(seconds: float = 0.35, freq: float = 1000.0, amp: int = 9000) -> bytes:

@@ -10,6 +10,7 @@ import getpass
 import json
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -392,7 +393,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
                        "\"Attaching screener to your line\") before `screener run`")
     _store(cfg).dispose()
-    return run_service(cfg, with_web=True)
+    # the composition root: the service never imports the dashboard, the CLI starts both
+    web_stop = threading.Event()
+    web_threads: list[threading.Thread] = []
+
+    def start_web(_service: object) -> None:
+        import web
+
+        t = threading.Thread(target=web.serve, args=(cfg,), kwargs={"stop": web_stop}, name="web", daemon=True)
+        t.start()
+        web_threads.append(t)
+
+    try:
+        return run_service(cfg, on_started=start_web)
+    finally:
+        web_stop.set()
+        for t in web_threads:
+            t.join(6.0)
 
 
 def cmd_web(args: argparse.Namespace) -> int:

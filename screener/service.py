@@ -10,27 +10,33 @@ import logging
 import re
 import signal
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, event, insert, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event, func, select
 
 from screener import audio, store
+from screener.calllog import CallLog, Row
 from screener.config import Config
 from screener.numbers import Caller, parse_caller
-from screener.rules import Decision, Rule, decide
+from screener.rules import Decision, Rule, RuleSet, candidate_patterns, decide
 
 log = logging.getLogger("screener.service")
 
 VOICEMAIL_SILENCE_S = 5.0  # a recording ends after this long without speech
 MIN_VOICEMAIL_S = 1.0  # shorter recordings are not kept
+JOURNAL_NAME = "calls.journal"  # in the data folder (see screener.calllog)
+SNAPSHOT_MAX = 20_000  # list entries kept in memory for deciding while the database is away
+SNAPSHOT_AGE_S = 60.0
+RECENT_MAX = 1024
+RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
 
 
 class CallInfo(Protocol):
@@ -85,61 +91,51 @@ def phonebook_decision(caller: Caller, decision: Decision, spam_prefixes: tuple[
     return Decision("allow", None, f"known contact in the phonebook: {name}")
 
 
-class CallLog:
-    """The call rows: Core statements on one connection kept for them, one transaction per statement group.
+class RulesSnapshot:
+    """The rules as last read, to decide from while the database cannot be read (PostgreSQL restarting).
 
-    Each call's row is written before anything is sent to the caller, so this is on the path INVITE -> 603.
-    Through the ORM (session, unit of work, flush, a pooled connection) that write took 0.26 ms alone and
-    1.5 ms (p50) with the other threads of a call burst; a Core insert on a connection kept open takes 0.06 ms.
-    One connection also means one SQLite page cache for the SIP side instead of one per pooled connection.
+    Lists up to SNAPSHOT_MAX entries are kept whole (a household's lists and presets: well under 1 MiB); a
+    larger one only as the rules of the last RECENT_MAX callers. Refreshed after calls, at most every
+    SNAPSHOT_AGE_S seconds.
     """
 
-    def __init__(self, db: store.Store) -> None:
-        self._engine = db.engine.execution_options(sqlite_immediate=True)  # writers queue (see store)
-        self._conn: Connection | None = None
-        self._lock = threading.Lock()  # one statement group at a time on the one connection
-        calls, entries = store.Call.__table__, store.ListEntry.__table__
-        # built once: SQLAlchemy then only looks their compiled form up in its cache
-        self._insert = insert(calls)
-        self._update = update(calls).where(calls.c.id == bindparam("row_id"))
-        self._hit = (update(entries).where(entries.c.id == bindparam("entry_id"))
-                     .values(hit_count=entries.c.hit_count + 1, last_hit_at=bindparam("when")))
+    def __init__(self) -> None:
+        self._all: dict[str, Rule] | None = None
+        self._read_at = -SNAPSHOT_AGE_S
+        self._recent: OrderedDict[str, tuple[Rule, ...]] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def _run(self, work: Callable[[Connection], Any]) -> Any:
+    def due(self, now: float) -> bool:
+        return now - self._read_at >= SNAPSHOT_AGE_S
+
+    def refresh(self, db: store.Store, now: float) -> None:
+        """Read the lists again (whole when they are small); raises when the database cannot be read."""
+        self._read_at = now
+        entries = store.ListEntry.__table__
+        with db.read() as s:
+            count = s.execute(select(func.count()).select_from(
+                select(entries.c.id).limit(SNAPSHOT_MAX + 1).subquery())).scalar_one()
+            if count > SNAPSHOT_MAX:
+                self._all = None
+                return
+            got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry))}
+        self._all = got
+
+    def remember(self, caller: Caller, rules: tuple[Rule, ...]) -> None:
+        if self._all is not None or not caller.e164:
+            return
         with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None:
-                    self._conn = self._engine.connect()
-                try:
-                    with self._conn.begin():
-                        return work(self._conn)
-                except DBAPIError as e:
-                    if attempt == 2 or not e.connection_invalidated:
-                        raise
-                    self._conn.close()  # the server dropped the connection (PostgreSQL): once more, on a new one
-                    self._conn = None
+            self._recent[caller.e164] = rules
+            self._recent.move_to_end(caller.e164)
+            if len(self._recent) > RECENT_MAX:
+                self._recent.popitem(last=False)
 
-    def open(self, values: dict[str, Any]) -> int:
-        """Insert a call row; returns its id."""
-        params = store.fit_text(store.Call, values)
-        return int(self._run(lambda c: c.execute(self._insert, params).inserted_primary_key[0]))
-
-    def close(self, row_id: int, values: dict[str, Any], hit: tuple[int, datetime] | None = None) -> None:
-        """Complete a call row and, when a rule decided the call, count the hit on it."""
-        params = {**store.fit_text(store.Call, values), "row_id": row_id}
-
-        def work(c: Connection) -> None:
-            c.execute(self._update, params)
-            if hit is not None:
-                c.execute(self._hit, {"entry_id": hit[0], "when": hit[1]})
-
-        self._run(work)
-
-    def dispose(self) -> None:
+    def rules_for(self, caller: Caller) -> tuple[Rule, ...] | None:
+        """The rules that matched `caller` when last read; None when they are not known."""
+        if self._all is not None:
+            return tuple(r for p in candidate_patterns(caller) if (r := self._all.get(p)) is not None)
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            return self._recent.get(caller.e164 or "")
 
 
 @dataclass
@@ -152,25 +148,33 @@ class CallRecord:
     voicemail: Path | None = None
     answered_at: datetime | None = None
     extra_reason: str = ""
-    events: list[str] = field(default_factory=list)
 
 
 class CallHandler:
-    """Decides and carries out one call (runs on the call's own thread). No sockets: testable with fakes."""
+    """Decides and carries out one call (runs on the call's own thread). No sockets: testable with fakes.
+
+    The decision only reads the database; the row goes through the CallLog's journal, so nothing here waits
+    for a write. Whatever fails, the call gets a final response and its row an outcome.
+    """
 
     def __init__(self, cfg: Config, db: store.Store, prompts: audio.Prompts, *,
-                 now: Callable[[], datetime] = store.utcnow) -> None:
-        self.cfg = cfg
-        self.sc = cfg.screening
+                 now: Callable[[], datetime] = store.utcnow, calllog: CallLog | None = None) -> None:
         self.db = db
-        self.prompts = prompts
         self.now = now
-        self.tz = ZoneInfo(self.sc.timezone)
-        self.voicemail_dir = cfg.data_path / "voicemail"
-        self.log = CallLog(db)
+        self.configure(cfg, prompts)
+        self.log = calllog or CallLog(db, cfg.data_path / JOURNAL_NAME)
+        if calllog is None:
+            self.log.start()
+        self.snapshot = RulesSnapshot()
         self._screening = threading.BoundedSemaphore(self.sc.max_screened_calls)
         self._active = 0
         self._idle = threading.Condition()
+
+    def configure(self, cfg: Config, prompts: audio.Prompts) -> None:
+        """Take new [screening] settings and prompts: the next call uses them (SIGHUP)."""
+        self.cfg, self.sc, self.prompts = cfg, cfg.screening, prompts
+        self.tz = ZoneInfo(self.sc.timezone)
+        self.voicemail_dir = cfg.data_path / "voicemail"
 
     def __call__(self, call: LineCall) -> None:
         with self._idle:
@@ -181,85 +185,167 @@ class CallHandler:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
+        if self.snapshot.due(time.monotonic()):
+            self._refresh_snapshot()  # after the call: never on its path
+
+    def _refresh_snapshot(self) -> None:
+        try:
+            self.snapshot.refresh(self.db, time.monotonic())
+        except Exception as e:
+            log.debug("rules snapshot not refreshed: %s", e)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no call is being handled (their rows are complete); False on timeout."""
+        """Wait until no call is being handled; False on timeout."""
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
-    def close(self) -> None:
-        """Release the call log's connection (after wait_idle)."""
-        self.log.dispose()
+    def flush(self, timeout: float) -> bool:
+        """Wait until every row written so far is in the database; False on timeout (it stays journalled)."""
+        return self.log.flush(timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what the database takes within `timeout` and stop the writer (after wait_idle)."""
+        self.log.stop(timeout)
+
+    def rejected(self, info: CallInfo, code: int, why: str) -> None:
+        """A call the SIP side refused before any handler ran (too many calls): its row, all the same."""
+        try:
+            now = self.now()
+            caller = caller_of(info, self.sc.region)
+            row = self.log.open(self._row_values(info, caller, None, now))
+            self.log.close(row, dict(ended_at=now, outcome="over_capacity", duration_s=0.0,
+                                     reason=f"refused with {code}: {why}"))
+        except Exception:
+            log.exception("screener: cannot log refused call %s", info.call_id)
 
     def _handle(self, call: LineCall) -> None:
         info = call.info
         started = self.now()
-        caller = caller_of(info, self.sc.region)
-        rules = self.db.ruleset(caller, region=self.sc.region, tz=self.tz, default=self.sc.default_action)
-        decision = decide(caller, rules, started)
-        if self.sc.trust_phonebook_names:
-            decision = phonebook_decision(caller, decision, self.sc.spam_name_prefixes)
-        row_id = self._open_row(info, caller, decision, started)
-        rec = CallRecord(reason=decision.reason)
+        rec = CallRecord()
+        decision: Decision | None = None
+        row: Row | None = None
+        caller: Caller | None = None
         try:
+            caller = caller_of(info, self.sc.region)
+            decision = self._decide(info, caller, started)
+            rec.reason = decision.reason
+            row = self.log.open(self._row_values(info, caller, decision, started))
+            cannot = getattr(info, "cannot_serve", "")
             if decision.action == "block":
-                self._block(call, rec)
+                self._block(call, rec, can_answer=not cannot)
+            elif decision.action == "screen" and cannot:
+                rec.extra_reason = f"cannot screen: {cannot}; left ringing"
+                self._let_ring(call, rec)
             elif decision.action == "screen":
                 self._screen_if_room(call, caller, rec)
             else:
                 self._let_ring(call, rec)
-        except Exception:
+        except Exception as e:
             log.exception("screener: call %s failed", info.call_id)
-            rec.outcome = "interrupted"
-            if not call.ended:
+            rec.outcome = "error"
+            rec.extra_reason = f"internal error: {type(e).__name__}: {e}"[:200]
+            self._end_failed(call)
+        if call.end_reason == "stopped" and rec.outcome != "blocked" and rec.voicemail is None:
+            rec.outcome = "interrupted"  # the service stopped during the call
+        try:
+            if row is None:
+                row = self.log.open(self._row_values(info, caller, decision, started))
+            rule = decision.rule if decision is not None else None
+            self._close_row(row, rec, started, rule.id if rule is not None else None)
+        except Exception:
+            log.exception("screener: cannot log call %s", info.call_id)
+
+    @staticmethod
+    def _end_failed(call: LineCall) -> None:
+        """After an internal error: the caller still gets a final response (480 lets the house go on ringing)."""
+        try:
+            if not call.ended and not call.decline(480):
                 call.hangup()
-        else:
-            if call.end_reason == "stopped" and rec.outcome not in ("blocked", "passed"):
-                rec.outcome = "interrupted"  # the service stopped during the call
-        finally:
-            rule = decision.rule
-            self._close_row(row_id, rec, started, rule.id if rule is not None else None)
+        except Exception:
+            log.exception("screener: cannot end failed call %s", call.info.call_id)
+
+    # -- the decision: reads only --
+
+    def _decide(self, info: CallInfo, caller: Caller, now: datetime) -> Decision:
+        decision = decide(caller, self._rules(caller), now)
+        if self.sc.trust_phonebook_names:
+            decision = phonebook_decision(caller, decision, self.sc.spam_name_prefixes)
+        if caller.withheld and decision.action != "block" and info.from_provider and info.pai_raw:
+            # `Privacy: id` hides the number from the household, not from the line's own rules
+            asserted = parse_caller(info.pai_raw, self.sc.region)
+            if asserted.e164:
+                d = decide(asserted, self._rules(asserted), now)
+                if d.action == "block" and d.rule is not None:
+                    return Decision("block", d.rule, f"withheld, but the asserted number is blocked: {d.reason}")
+        return decision
+
+    def _rules(self, caller: Caller) -> RuleSet:
+        try:
+            rules = self.db.ruleset(caller, region=self.sc.region, tz=self.tz, default=self.sc.default_action)
+        except Exception as e:
+            known = self.snapshot.rules_for(caller)
+            fallback = self.sc.default_action if known is not None else self.sc.on_database_error
+            log.error("screener: cannot read the rules (%s): deciding from %s", _first_line(e),
+                      "the last rules read" if known is not None else f"on_database_error = {fallback!r}")
+            return RuleSet(known or (), self.sc.region, self.tz, fallback)  # type: ignore[arg-type]
+        self.snapshot.remember(caller, rules.rules)
+        return rules
 
     # -- the row --
 
-    def _open_row(self, info: CallInfo, caller: Caller, decision: Decision, when: datetime) -> int:
-        rule: Rule | None = decision.rule
-        return self.log.open(dict(
+    def _row_values(self, info: CallInfo, caller: Caller | None, decision: Decision | None,
+                    when: datetime) -> dict[str, Any]:
+        rule: Rule | None = decision.rule if decision else None
+        values: dict[str, Any] = dict(
             started_at=when, call_id=info.call_id, source=f"{info.source[0]}:{info.source[1]}",
-            from_raw=info.from_raw, pai_raw=info.pai_raw, called_line=info.called, name=caller.name,
-            caller_raw=caller.user, e164=caller.e164, number_type=caller.type, country=caller.country,
-            withheld=caller.withheld, decision=decision.action, rule_id=rule.id if rule else None,
-            rule=str(rule) if rule else "", reason=decision.reason, outcome=None))
+            from_raw=info.from_raw, pai_raw=info.pai_raw, called_line=info.called,
+            decision=decision.action if decision else "", rule_id=rule.id if rule else None,
+            rule=str(rule) if rule else "", reason=decision.reason if decision else "", outcome=None)
+        if caller is not None:
+            values.update(name=caller.name, caller_raw=caller.user, e164=caller.e164, number_type=caller.type,
+                          country=caller.country, withheld=caller.withheld)
+        return values
 
-    def _close_row(self, row_id: int, rec: CallRecord, started: datetime, rule_id: int | None) -> None:
+    def _close_row(self, row: Row, rec: CallRecord, started: datetime, rule_id: int | None) -> None:
         ended = self.now()
         values: dict[str, Any] = dict(ended_at=ended, outcome=rec.outcome, digits=rec.digits,
                                       duration_s=round((ended - started).total_seconds(), 3))
         if rec.voicemail is not None:
             values["voicemail_path"] = str(rec.voicemail.relative_to(self.cfg.data_path))
         if rec.extra_reason:
-            values["reason"] = f"{rec.reason}; {rec.extra_reason}"
-        try:
-            # the rule's hit count waits until here: only the row itself must exist before the caller hears anything
-            self.log.close(row_id, values, (rule_id, started) if rule_id is not None else None)
-        except Exception:
-            log.exception("screener: cannot complete the log of call %s", row_id)
+            values["reason"] = f"{rec.reason}; {rec.extra_reason}" if rec.reason else rec.extra_reason
+        self.log.close(row, values, (rule_id, started) if rule_id is not None else None)
 
     # -- actions --
 
-    def _ended_outcome(self, call: LineCall) -> str:
+    @staticmethod
+    def _ended_outcome(call: LineCall) -> str:
+        """How a call that was never answered by screener ended."""
         if call.end_reason == "stopped":
             return "interrupted"
         return "answered_elsewhere" if call.answered_elsewhere else "missed"
 
+    @staticmethod
+    def _hung_up_outcome(call: LineCall) -> str:
+        """How a call screener answered ended when the other side ended it."""
+        if call.end_reason == "stopped":
+            return "interrupted"
+        if call.end_reason == "cancelled":  # the CANCEL crossed our 200: the caller had already given up here
+            return "answered_elsewhere" if call.answered_elsewhere else "caller_hung_up"
+        return "caller_hung_up"
+
     def _let_ring(self, call: LineCall, rec: CallRecord) -> None:
-        """Allowed: ring with the house, never answer; the CANCEL tells how it ended."""
+        """Ring with the house, never answer; the CANCEL tells how it ended, max_ring_time ends it anyway."""
         call.ring()
-        call.wait_ended()
+        if not call.wait_ended(self.sc.max_ring_time) and call.decline(480):
+            rec.outcome = "missed" if rec.outcome != "over_capacity" else rec.outcome
+            note = f"nobody answered within {self.sc.max_ring_time:g} s: ended with 480"
+            rec.extra_reason = f"{rec.extra_reason}; {note}" if rec.extra_reason else note
+            return
         rec.outcome = self._ended_outcome(call)
 
-    def _block(self, call: LineCall, rec: CallRecord) -> None:
-        if self.sc.block_action == "decline":
+    def _block(self, call: LineCall, rec: CallRecord, can_answer: bool = True) -> None:
+        if self.sc.block_action == "decline" or not can_answer:
             # 603/607 ends every branch of a forking registrar; a 486 would block nothing
             if call.decline(self.sc.decline_code):
                 rec.outcome = "blocked"
@@ -276,10 +362,11 @@ class CallHandler:
 
     def _screen_if_room(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         if not self._screening.acquire(blocking=False):
+            rec.extra_reason = "too many calls screened at once: left ringing"
             self._let_ring(call, rec)
-            how = rec.outcome.replace("_", " ")
-            rec.extra_reason = f"too many calls screened at once: left ringing ({how})"
-            rec.outcome = "over_capacity" if rec.outcome != "interrupted" else rec.outcome
+            if rec.outcome != "interrupted":
+                rec.extra_reason += f" ({rec.outcome.replace('_', ' ')})"
+                rec.outcome = "over_capacity"
             return
         try:
             self._screen(call, caller, rec)
@@ -298,7 +385,7 @@ class CallHandler:
         if self._challenge(call, rec):
             self._passed(call, caller, rec)
         elif call.ended:
-            rec.outcome = "caller_hung_up"
+            rec.outcome = self._hung_up_outcome(call)
         else:
             call.play(self.prompts.failed)
             call.hangup()
@@ -321,9 +408,7 @@ class CallHandler:
     def _passed(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         rec.outcome = "passed"
         if self.sc.remember_verified and caller.e164:
-            with self.db.write() as s:
-                store.put_entry(s, "allow", caller.e164, label=f"verified {caller.name}".strip()[:200],
-                                source="verified")
+            self.log.allow(caller.e164, f"verified {caller.name}".strip()[:200])
         call.play(self.prompts.passed)
         if self.sc.voicemail and not call.ended:
             call.play(self.prompts.voicemail)
@@ -344,6 +429,10 @@ class CallHandler:
             log.error("screener: cannot save voicemail %s: %s", path, e)
             return None
         return path
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 SQLITE_CACHE_KIB = 512
@@ -373,9 +462,10 @@ class Service:
         self.agent: Any = None
         self.handler: CallHandler | None = None
         self._stop = threading.Event()
+        self._reload = threading.Event()
 
     def start(self) -> None:
-        """Open the database, close rows left open, load prompts, bind the SIP port and start registering.
+        """Open the database, recover what the last run left, load prompts, bind the SIP port, register.
 
         Raises ValueError for a prompt that cannot be used and OSError when the SIP port is taken.
         """
@@ -387,15 +477,18 @@ class Service:
         db = self._db
         if db.is_sqlite:
             event.listen(db.engine, "connect", _small_page_cache)
-        with db.write() as s:
-            n = store.close_interrupted(s, store.utcnow())
-        if n:
-            log.info("screener: %d call(s) left open by the last run marked interrupted", n)
         prompts = audio.load_prompts(cfg.screening.language, cfg.screening.challenge_digit,
                                      _configured_prompts(cfg), cfg.data_path / "prompts")
-        self.handler = CallHandler(cfg, db, prompts)
+        calllog = CallLog(db, cfg.data_path / JOURNAL_NAME)
+        calllog.start()
+        # the journal of the last run and its open rows first (a database that is away: later, by the writer)
+        if not calllog.flush(5.0):
+            log.warning("screener: the database does not answer yet: call rows are journalled until it does")
+        self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
+        self.handler._refresh_snapshot()
         factory = self._agent_factory or SipAgent
-        self.agent = factory(cfg.sip, self.handler, self._on_status)
+        kwargs = {"on_reject": self.handler.rejected, "ring_limit": cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S}
+        self.agent = factory(cfg.sip, self.handler, self._on_status, **kwargs)
         self.agent.start()
 
     def _on_status(self, st: Any) -> None:
@@ -406,32 +499,56 @@ class Service:
         try:
             with self._db.write() as s:
                 store.set_sip_status(s, state, error[:300], now=when)
-        except Exception:
-            log.exception("screener: cannot store the SIP status")
+        except Exception as e:
+            log.error("screener: cannot store the SIP status %r: %s", state, _first_line(e))
 
     def stop(self) -> None:
-        """Unregister, end the calls and wait for their rows (about 2 s at most)."""
+        """Unregister, end the calls (outcome interrupted) and write their rows (about 3 s at most)."""
         self._stop.set()
         if self.agent is not None:
             self.agent.stop()
             self.agent = None
             if self.handler is not None:
                 self.handler.wait_idle(1.0)
-                self.handler.close()
+                self.handler.close(1.5)  # what the database does not take now stays in the journal
             self._on_status_value("stopped", "")
         if self._db is not None:
             self._db.dispose()
 
+    def reload(self) -> bool:
+        """Read the config file again and apply [screening] to the next calls (SIGHUP); False when it is bad."""
+        from screener import config as config_mod
+
+        if self.handler is None or not self.cfg.path:
+            return False
+        try:
+            cfg = config_mod.load(Path(self.cfg.path))
+            prompts = audio.load_prompts(cfg.screening.language, cfg.screening.challenge_digit,
+                                         _configured_prompts(cfg), cfg.data_path / "prompts")
+        except (ValueError, OSError) as e:
+            log.error("screener: configuration not reloaded, the running one stays: %s", e)
+            return False
+        if cfg.sip != self.cfg.sip or cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
+            log.warning("screener: [sip], [database] and data_dir changes take effect at the next restart")
+        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web)
+        self.handler.configure(cfg, prompts)
+        self.cfg = cfg
+        log.info("screener: configuration reloaded from %s", cfg.path)
+        return True
+
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()  # the run loop applies it within a second, off the signal handler
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stop is requested (signal or request_stop()); False on timeout."""
         return self._stop.wait(timeout)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
-        """start(), wait for SIGINT/SIGTERM, stop(); 0 on a clean stop, 1 when it could not start."""
-        with capture_signals(self.request_stop):
+        """start(), wait for SIGINT/SIGTERM (SIGHUP reloads), stop(); 0 on a clean stop, 1 when it could not start."""
+        with capture_signals(self.request_stop, self.request_reload):
             try:
                 self.start()
             except (OSError, ValueError) as e:
@@ -442,23 +559,30 @@ class Service:
                 if on_started is not None:
                     on_started()
                 while not self.wait(1.0):
-                    pass
+                    if self._reload.is_set():
+                        self._reload.clear()
+                        self.reload()
             finally:
                 self.stop()
         return 0
 
 
 @contextmanager
-def capture_signals(on_signal: Callable[[], None]) -> Iterator[None]:
-    """Route SIGINT/SIGTERM to `on_signal` inside the block, and restore the previous handlers after it."""
+def capture_signals(on_stop: Callable[[], None], on_reload: Callable[[], None] | None = None) -> Iterator[None]:
+    """Route SIGINT/SIGTERM to `on_stop` and SIGHUP to `on_reload` (else to `on_stop`) inside the block, and
+    restore the previous handlers after it. A closed terminal's SIGHUP must never end it like a crash."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def handle(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP and on_reload is not None:
+            log.info("screener: SIGHUP received, reloading the configuration")
+            on_reload()
+            return
         log.info("screener: %s received, stopping", signal.Signals(signum).name)
-        on_signal()
+        on_stop()
 
     for sig in previous:
         signal.signal(sig, handle)
@@ -469,33 +593,20 @@ def capture_signals(on_signal: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_service(cfg: Config, with_web: bool = False) -> int:
-    """`screener run`: the SIP service (and the dashboard on a thread when asked) until SIGINT/SIGTERM."""
+def run_service(cfg: Config, on_started: Callable[[Service], None] | None = None) -> int:
+    """`screener run`: the SIP service until SIGINT/SIGTERM; `on_started` (the CLI starts the dashboard
+    there) runs once it is up."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     service = Service(cfg)
-    web_threads: list[threading.Thread] = []
-    web_stop = threading.Event()
 
     def started() -> None:
-        if with_web:
-            # imported here only: screener's modules never depend on the dashboard (STYLE.md)
-            import importlib
-
-            web = importlib.import_module("web")
-            t = threading.Thread(target=web.serve, args=(cfg,), kwargs={"stop": web_stop}, name="web",
-                                 daemon=True)
-            t.start()
-            web_threads.append(t)
+        if on_started is not None:
+            on_started(service)
         freeze_startup_objects()
 
     limit_malloc_arenas()
-    try:
-        return service.run(on_started=started)
-    finally:
-        web_stop.set()
-        for t in web_threads:
-            t.join(6.0)
+    return service.run(on_started=started)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

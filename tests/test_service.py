@@ -29,6 +29,7 @@ class Info:
     called: str = "<sip:0611111111@fritz.box>"
     display_name: str = ""
     from_provider: bool = True
+    cannot_serve: str = ""
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeCall:
     rows_at_first_action: list[tuple[str | None, str]] = field(default_factory=list)
     db: store.Store | None = None
     _ended: bool = False
+    _answered: bool = False
     _plays: int = 0
 
     def _first_action(self) -> None:
@@ -73,6 +75,8 @@ class FakeCall:
 
     def decline(self, code: int = 603) -> bool:
         self._first_action()
+        if self._answered or self._ended:
+            return False
         if self.cancelled_while_ringing:
             self._end("cancelled")
             return False
@@ -86,6 +90,7 @@ class FakeCall:
             self._end("cancelled")
             return False
         self.log.append("answer")
+        self._answered = True
         return True
 
     def hangup(self) -> None:
@@ -114,10 +119,25 @@ class FakeCall:
         return struct.pack(f"<{n}h", *([3000, -3000] * (n // 2) + [0] * (n % 2)))
 
     def wait_ended(self, timeout: float | None = None) -> bool:
-        if self.cancelled_while_ringing or timeout is None:
+        # an unbounded wait would ring for ever on a real line: the handler must always give a limit
+        assert timeout is not None, "the handler waited without a time limit"
+        self.log.append(f"wait {timeout:g}")
+        if self.cancelled_while_ringing or self.stopped:
             self._end("stopped" if self.stopped else "cancelled")
             return True
-        return self._ended
+        if self.elsewhere and not self._ended:
+            self._end("cancelled")
+            return True
+        return self._ended  # nobody cancels: the time runs out at once instead of really waiting
+
+
+
+class FlushingHandler(CallHandler):
+    """The handler, and its rows in the database when it returns (the writer thread does them otherwise)."""
+
+    def __call__(self, call) -> None:
+        super().__call__(call)
+        assert self.flush(5.0)
 
 
 PROMPTS = audio.Prompts(challenge=b"c" * 8000, passed=b"p" * 800, failed=b"f" * 1600, blocked=b"b" * 2400,
@@ -133,7 +153,7 @@ def make(write_config):
         cfg = config.load(write_config(body))
         db = store.Store(cfg.database_url)
         store.upgrade(db)
-        handler = CallHandler(cfg, db, PROMPTS)
+        handler = FlushingHandler(cfg, db, PROMPTS)
         made.append((handler, db))
         return handler, db, cfg
 
@@ -177,7 +197,8 @@ CASES = [
      ["answer", PLAY_B, "hangup"], "blocked", "block"),
     ("allowed, answered elsewhere", "", [("allow", "+390212345678")], dict(elsewhere=True),
      ["ring"], "answered_elsewhere", "allow"),
-    ("allowed, missed", "", [("allow", "+390212345678")], {}, ["ring"], "missed", "allow"),
+    ("allowed, nobody answers: 480 after max_ring_time", "[screening]\nmax_ring_time = 30\n",
+     [("allow", "+390212345678")], {}, ["ring", "wait 30", "decline 480"], "missed", "allow"),
     ("internal call of the router", "", [], dict(info=Info(from_raw='"Kitchen" <sip:**622@fritz.box>;tag=2')),
      ["ring"], "missed", "allow"),
     ("withheld blocked by class", "", [("block", "class:withheld")],
@@ -186,6 +207,15 @@ CASES = [
      ["decline 603"], "blocked", "block"),
     ("P-Asserted-Identity from the provider wins", "", [("block", "+393331234567")],
      dict(info=Info(pai_raw="<tel:+393331234567>")), ["decline 603"], "blocked", "block"),
+    ("withheld, but the asserted number is blocked", "", [("block", "+393331234567")],
+     dict(info=Info(privacy="id", pai_raw="<tel:+393331234567>")), ["decline 603"], "blocked", "block"),
+    ("withheld, asserted number not blocked", "", [("block", "+393339999999")],
+     dict(info=Info(privacy="id", pai_raw="<tel:+393331234567>"), keys=["5"]), ["ring", "answer"], "passed",
+     "screen"),
+    ("cannot serve: blocked still declined", '[screening]\nblock_action = "hangup"\n', [("block", "+390212345678")],
+     dict(info=Info(cannot_serve="requires 100rel")), ["decline 603"], "blocked", "block"),
+    ("cannot serve: unknown caller left ringing", "", [],
+     dict(info=Info(cannot_serve="no G.711 in the offer")), ["ring", "wait 180", "decline 480"], "missed", "screen"),
     ("P-Asserted-Identity not from the provider is ignored", "", [("block", "+393331234567")],
      dict(info=Info(pai_raw="<tel:+393331234567>", from_provider=False), keys=["5"]),
      ["ring", "answer", PLAY_C, "digit 5"], "passed", "screen"),
@@ -250,25 +280,29 @@ def test_row_text_is_fitted_like_the_orm_does(make):
     assert "\x00" not in row.from_raw and row.from_raw.endswith("tag=\ufffdx")
 
 
-def test_call_log_on_every_database(st):
+def test_call_log_on_every_database(st, tmp_path):
     # the Core path of the call rows, on SQLite and PostgreSQL (which refuses NUL and over-long text)
     with st.write() as s:
         entry_id = store.put_entry(s, "block", "+390212345678").id
-    log = CallLog(st)
+    log = CallLog(st, tmp_path / "calls.journal")
+    log.start()
     try:
         when = store.utcnow()
-        row_id = log.open(dict(started_at=when, call_id="x" * 300, source="192.0.2.1:5060",
-                               from_raw="<sip:0212345678@h>;tag=\x00", called_line="", decision="block",
-                               rule_id=entry_id, reason="on the block list", outcome=None))
-        assert log.open(dict(started_at=when, call_id="second", decision="allow")) == row_id + 1
-        log.close(row_id, dict(ended_at=when, outcome="blocked", duration_s=0.01, digits="1" * 40),
+        row = log.open(dict(started_at=when, call_id="x" * 300, source="192.0.2.1:5060",
+                            from_raw="<sip:0212345678@h>;tag=\x00\udce9", called_line="", decision="block",
+                            rule_id=entry_id, reason="on the block list", outcome=None))
+        second = log.open(dict(started_at=when, call_id="second", decision="allow"))
+        log.close(row, dict(ended_at=when, outcome="blocked", duration_s=0.01, digits="1" * 40),
                   (entry_id, when))
+        assert log.flush(5.0)
+        assert second.id == row.id + 1
     finally:
-        log.dispose()
+        log.stop()
+    assert (tmp_path / "calls.journal").read_text() == ""  # all of it in the database
     with st.read() as s:
-        row = s.get(store.Call, row_id)
-        assert (row.outcome, row.digits, len(row.call_id)) == ("blocked", "1" * 32, 255)
-        assert row.from_raw.endswith("tag=\ufffd") and row.started_at == when
+        got = s.get(store.Call, row.id)
+        assert (got.outcome, got.digits, len(got.call_id)) == ("blocked", "1" * 32, 255)
+        assert got.from_raw.endswith("tag=\ufffd\u00e9") and got.started_at == when
         entry = s.get(store.ListEntry, entry_id)
         assert (entry.hit_count, entry.last_hit_at) == (1, when)
 
@@ -358,8 +392,63 @@ def test_handler_error_marks_the_row_and_hangs_up(make):
 
     call = Broken()
     handler(call)
-    assert call.log[-1] == "hangup"
-    assert rows(db)[0].outcome == "interrupted"
+    assert call.log[-1] == "hangup"  # answered already: a BYE, not a 480
+    (row,) = rows(db)
+    assert row.outcome == "error" and "RuntimeError: boom" in row.reason
+
+
+def test_handler_error_while_ringing_declines_480(make):
+    handler, db, _ = make('[screening]\ndefault_action = "allow"\n')
+
+    class Broken(FakeCall):
+        def ring(self) -> bool:
+            raise RuntimeError("boom")
+
+    call = Broken()
+    handler(call)
+    assert call.log == ["decline 480"]
+    (row,) = rows(db)
+    assert (row.outcome, row.decision) == ("error", "allow") and "RuntimeError: boom" in row.reason
+
+
+class RaisingStore(store.Store):
+    def ruleset(self, *args, **kwargs):
+        raise OSError("database is away")
+
+
+@pytest.mark.parametrize("setting,expected", [("allow", ["ring", "wait 180", "decline 480"]),
+                                              ("screen", ["ring", "answer"])])
+def test_unreadable_database_fails_open(write_config, setting, expected):
+    cfg = config.load(write_config(f'[screening]\non_database_error = "{setting}"\n'))
+    db = RaisingStore(cfg.database_url)
+    store.upgrade(db)
+    handler = FlushingHandler(cfg, db, PROMPTS)
+    try:
+        call = FakeCall(keys=["5"])
+        handler(call)
+        assert call.log[: len(expected)] == expected
+        (row,) = rows(db)
+        assert row.decision == setting
+    finally:
+        handler.close()
+        db.dispose()
+
+
+def test_unreadable_database_uses_the_last_rules_read(write_config):
+    cfg = config.load(write_config(""))
+    db = RaisingStore(cfg.database_url)
+    store.upgrade(db)
+    add(db, "block", "+390212345678")
+    handler = FlushingHandler(cfg, db, PROMPTS)
+    try:
+        handler.snapshot.refresh(db, 0.0)  # what Service.start and every call's end do
+        call = FakeCall()
+        handler(call)
+        assert call.log == ["decline 603"]
+        assert rows(db)[0].outcome == "blocked"
+    finally:
+        handler.close()
+        db.dispose()
 
 
 @pytest.mark.parametrize("name,prefixes,expected", [
@@ -374,7 +463,7 @@ def test_phonebook_decision(name, prefixes, expected):
 class FakeAgent:
     instances: list[FakeAgent] = []
 
-    def __init__(self, sip_cfg, on_call, on_status) -> None:
+    def __init__(self, sip_cfg, on_call, on_status, **kwargs) -> None:
         self.on_call, self.on_status = on_call, on_status
         self.started = self.stopped = False
         FakeAgent.instances.append(self)

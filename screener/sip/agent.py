@@ -41,12 +41,14 @@ from screener.sip.message import (
     sdp_body,
     via_sent_by,
 )
+from screener.text import clean
 
 log = logging.getLogger("screener.sip")
 
 USER_AGENT = f"screener/{__version__}"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
-MAX_DIALOGS = 256  # beyond this new INVITEs get 486: only this branch ends, the house keeps ringing
+MAX_DIALOGS = 256  # beyond this new INVITEs get 503: only this branch ends, the house keeps ringing
+SUPPORTED: frozenset[str] = frozenset()  # option tags we implement; another in Require: we ring, never answer
 UNTRUSTED_LOG_INTERVAL = 60.0
 # A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
 # forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
@@ -92,6 +94,7 @@ class IncomingCall:
     display_name: str  # from P-Asserted-Identity when present and from the provider, else From
     from_provider: bool
     request_uri: str = ""
+    cannot_serve: str = ""  # why screener could ring but not answer this call ("" = it can)
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ class Call:
 
     @property
     def ended(self) -> bool:
-        return self.state == "ended"
+        """Over for the handler: ended, or hung up / cancelled with only the dialog's ACK and BYE to come."""
+        return self.state == "ended" or self.end_reason is not None
 
     @property
     def answered_elsewhere(self) -> bool:
@@ -248,8 +252,14 @@ class Call:
     # -- actions --
 
     def ring(self) -> bool:
-        """Send 180 Ringing; False when the call is no longer ringing."""
+        """Send 180 Ringing (nothing when the caller requires reliable provisionals); False when it is over."""
+        if self.requires_100rel:
+            return not self.ended  # an unreliable 180 would break 100rel: the caller's side rings by itself
         return self._agent._provisional(self, 180, "Ringing")
+
+    @property
+    def requires_100rel(self) -> bool:
+        return any(t.strip().lower() == "100rel" for r in self.invite.get_all("require") for t in r.split(","))
 
     def decline(self, code: int = 603) -> bool:
         """Reject while ringing (603 Decline / 607 Unwanted end every branch of a forking proxy)."""
@@ -336,10 +346,14 @@ class SipAgent:
     """A SIP phone that registers at the provider and hands each incoming call to `on_call` on a new thread."""
 
     def __init__(self, cfg: SipConfig, on_call: CallHandler, on_status: StatusHandler | None = None, *,
-                 timing: Timing | None = None, register: bool = True) -> None:
+                 timing: Timing | None = None, register: bool = True,
+                 on_reject: Callable[[IncomingCall, int, str], None] | None = None,
+                 ring_limit: float | None = None) -> None:
         self.cfg = cfg
         self.on_call = on_call
         self.on_status = on_status
+        self.on_reject = on_reject  # told about INVITEs refused before a handler ran, for their rows
+        self.ring_limit = ring_limit  # seconds after which a call still ringing is ended with 480
         self.timing = timing or Timing()
         self.register_enabled = register and bool(cfg.server and cfg.username)
         self._register_wanted = register
@@ -708,30 +722,19 @@ class SipAgent:
             else:
                 self._respond(msg, addr, 482, "Loop Detected")
             return
-        require = [r.strip() for r in msg.get_all("require") if r.strip()]
-        if require:
-            self._respond(msg, addr, 420, "Bad Extension", [("unsupported", ", ".join(require))])
-            return
         if self.active_calls >= MAX_DIALOGS:
-            self._respond(msg, addr, 486, "Busy Here")
+            info = self._incoming(msg, addr)
+            self._respond(msg, addr, 503, "Service Unavailable", [("retry-after", "30")],
+                          to_tag=secrets.token_hex(6))
+            if self.on_reject is not None:
+                self._guarded(self.on_reject, info, 503, f"more than {MAX_DIALOGS} calls at once")
             return
-        body = sdp_body(msg)
-        offer: Sdp | None = None
-        if body is not None:
-            try:
-                offer = parse_sdp(body)
-            except ParseError:
-                offer = None
-            if offer is None or self._choose_codec(offer) is None:
-                # B12: an offer we cannot accept is refused at once instead of ringing forever
-                self._respond(msg, addr, 488, "Not Acceptable Here", [("accept", "application/sdp")])
-                return
-        elif msg.body:
-            self._respond(msg, addr, 415, "Unsupported Media Type", [("accept", "application/sdp")])
-            return
+        # Nothing is refused before the rules have spoken (a blocked caller must be declined whatever its
+        # INVITE requires or offers); what we cannot serve only means we will not answer it.
+        offer, cannot = self._servable(msg)
         if not self._is_our_contact(msg.uri):
             self.request_rebind(f"INVITE for {msg.uri[:80]}, not our contact")
-        info = self._incoming(msg, addr)
+        info = self._incoming(msg, addr, cannot)
         call = Call(self, info, msg, addr)
         call.offer = offer
         with self._lock:
@@ -739,6 +742,34 @@ class SipAgent:
         call.last_response = self._respond(msg, addr, 100, "Trying")
         # B2: the handler starts now, not 1 s later, and nothing is sent on its behalf but 100 Trying
         self._workers.submit(self._run_handler, call)
+        if self.ring_limit:
+            self._at(self.ring_limit, lambda: self._ring_expired(call))
+
+    def _servable(self, msg: Message) -> tuple[Sdp | None, str]:
+        """The INVITE's SDP offer, and why we could not answer it ("" when we can)."""
+        unsupported = [t.strip() for r in msg.get_all("require") for t in r.split(",")
+                       if t.strip() and t.strip().lower() not in SUPPORTED]
+        if unsupported:
+            return None, "requires " + ", ".join(unsupported)[:80]
+        body = sdp_body(msg)
+        if body is None:
+            if msg.body:
+                return None, f"body of type {(msg.get('content-type') or '?')[:40]}, not SDP"
+            return None, ""  # a late offer: ours goes in the 200
+        try:
+            offer = parse_sdp(body)
+        except ParseError as e:
+            return None, f"unreadable SDP ({e})"[:80]
+        if self._choose_codec(offer) is None:
+            codecs = sorted({offer.codec(pt) or str(pt) for pt in offer.payloads} - {"telephone-event"})
+            return offer, f"no G.711 in the offer ({offer.proto} {' '.join(codecs)})"[:80]
+        return offer, ""
+
+    def _ring_expired(self, call: Call) -> None:
+        """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
+        if call.state == "ringing" and self._reject(call, 480, "Temporarily Unavailable", "timeout"):
+            log.warning("screener: call %s was still ringing after %.0f s: ended with 480", call.call_id,
+                        self.ring_limit or 0)
 
     def _is_our_contact(self, uri: str) -> bool:
         """Whether a Request-URI names the host and port we registered (the user part providers rewrite)."""
@@ -763,7 +794,7 @@ class SipAgent:
         self._rebind_reason = reason
         self._reg_wake.set()
 
-    def _incoming(self, msg: Message, addr: tuple[str, int]) -> IncomingCall:
+    def _incoming(self, msg: Message, addr: tuple[str, int], cannot_serve: str = "") -> IncomingCall:
         from_provider = addr[0] in self._provider_ips or self.is_trusted(addr[0])
         pai = msg.get("p-asserted-identity")
         display = ""
@@ -774,18 +805,23 @@ class SipAgent:
                 continue
             if display:
                 break
+        # text from the wire, made safe once here: undecodable bytes (Latin-1 phonebooks), NUL, bidi controls
         return IncomingCall(
-            call_id=msg.call_id, source=addr, from_raw=msg.get("from") or "", pai_raw=pai,
-            privacy=msg.get("privacy"), called=msg.get("p-called-party-id") or msg.get("to") or "",
-            display_name=display, from_provider=from_provider, request_uri=msg.uri)
+            call_id=clean(msg.call_id), source=addr, from_raw=clean(msg.get("from") or ""),
+            pai_raw=clean(pai) if pai is not None else None, privacy=clean(msg.get("privacy") or "") or None,
+            called=clean(msg.get("p-called-party-id") or msg.get("to") or ""), display_name=clean(display),
+            from_provider=from_provider, request_uri=clean(msg.uri), cannot_serve=cannot_serve)
 
     def _run_handler(self, call: Call) -> None:
         try:
             self.on_call(call)
         except Exception:
             log.exception("screener: call handler failed for %s", call.call_id)
-            if call.state in ("answered", "confirmed"):
-                self._hangup(call)
+        # whatever the handler did, the INVITE gets a final response and an answered call its BYE
+        if call.state == "ringing":
+            self._reject(call, 480, "Temporarily Unavailable", "error")
+        elif call.state in ("answered", "confirmed") and call.end_reason is None:
+            self._hangup(call)
 
     @staticmethod
     def _choose_codec(offer: Sdp) -> tuple[str, int] | None:
@@ -836,8 +872,15 @@ class SipAgent:
             return
         self._respond(msg, addr, 200, "OK", to_tag=call.to_tag)
         with self._lock:
+            if call.state == "answered" and call.end_reason is None:
+                # our 200 crossed the CANCEL: the caller gave up here (or took another branch) before it
+                # arrived. The dialog still gets its ACK and a BYE, but nothing is played into it.
+                call.cancel_reason = msg.get("reason")
+                call.bye_pending = True
+                self._end(call, "cancelled", keep=True)
+                return
             if call.state != "ringing":
-                return  # already answered or rejected: CANCEL has no effect
+                return  # already rejected or confirmed: CANCEL has no effect
             call.cancel_reason = msg.get("reason")
             # B3: the INVITE gets its 487 and the call can never be answered afterwards
             self._final(call, 487, "Request Terminated")
@@ -1066,6 +1109,10 @@ class SipAgent:
             if call.end_reason is None:
                 call.end_reason = reason
             if keep:
+                media, call.media = call.media, None  # over for the handler: no more audio either way
+                if media is not None:
+                    call._ended_media = media
+                    media.stop()
                 call._notify()
                 return
             if call.state == "ended":
