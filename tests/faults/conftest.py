@@ -7,8 +7,14 @@ of its own and its fixtures (and its hook that attaches the log tails of a faile
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -59,3 +65,71 @@ def sqlite_rows(s: Screener, sql: str = "SELECT call_id, outcome, decision, voic
 def db_rows() -> Any:
     """db_rows(screener, sql=..., params=...): rows straight from a screener's SQLite database."""
     return sqlite_rows
+
+
+class PgCluster:
+    """A throw-away PostgreSQL 15 cluster of the test's own, to stop and start at will (pg_ctl, by its data dir).
+
+    It runs as `postgres` when the tests run as root (PostgreSQL refuses root), in a folder under /tmp that
+    user can reach.
+    """
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self) -> None:
+        if not (self.BIN / "initdb").exists():
+            pytest.fail("PostgreSQL 15 is not installed (make test installs it: apt-get install postgresql)")
+        self.root = Path(tempfile.mkdtemp(prefix="screener-faults-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self._as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_pg:
+            shutil.chown(self.root, "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+
+    def _run(self, tool: str, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*self._as_pg, str(self.BIN / tool), *map(str, args)], capture_output=True, text=True,
+                             timeout=60)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{tool} exited {res.returncode}: {res.stdout[-1500:]}{res.stderr[-1500:]}")
+        return res
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-w", "-l", self.log, "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE name; returns its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def query(self, dbname: str, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}",
+                             connect_timeout=2) as c:
+            return c.execute(sql).fetchall()
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A started PostgreSQL cluster for one test, stopped and removed in teardown (it may stop and start it)."""
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
