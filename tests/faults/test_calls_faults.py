@@ -223,6 +223,9 @@ def _race(screener: Screener, ports: Ports, db_rows: Callable[..., Any], delays:
             res = uac.run([number], rate=1, timeout=5)[0]
             cid = res.call_id
             try:
+                # the CANCEL leaves even when screener's 200 came first (it crosses the 200 on a real line)
+                wait_until(lambda c=cid, r=res: c in uac.cancelled or r.final_code not in (None, 200), 2,
+                           interval=0.002)
                 wait_until(lambda c=cid: _row_outcome(db_rows, screener, c), 10, interval=0.02)
             except TimeoutError:
                 pass
@@ -233,6 +236,7 @@ def _race(screener: Screener, ports: Ports, db_rows: Callable[..., Any], delays:
                 cancel_at = uac.cancelled.get(cid)
             t0 = res.sent
             trail = " ".join(f"{code}/{m[:3]}@{(t - t0) * 1000:.1f}" for t, code, m in seen)
+            trail += " (screener sent BYE)" if res.callee_hung_up else ""
             after_cancel = (closed - cancel_at) if cancel_at else float("nan")
             print(f"  CANCEL 180+{delay * 1000:.0f} ms (sent @{((cancel_at or t0) - t0) * 1000:.1f} ms): {trail}; "
                   f"outcome {outcome}, row closed <= {after_cancel:.2f} s after the CANCEL")
