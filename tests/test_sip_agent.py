@@ -24,7 +24,7 @@ from test_sip_support import (
 )
 
 from screener.sip import Call
-from screener.sip.agent import PARKED_WORKERS
+from screener.sip.agent import PARKED_WORKERS, UntrustedSummary
 from screener.sip.message import parse, parse_sdp
 
 
@@ -202,6 +202,39 @@ def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):
         assert call.end_reason == "cancelled" and call.answered_elsewhere
 
 
+def test_cancel_crossing_our_200_ends_the_call_for_the_handler(provider):
+    # the CANCEL was sent before our 200 reached the caller: nothing may be played into that dialog
+    answered = threading.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    def handler(call: Call) -> None:
+        call.answer()
+        answered.set()
+        seen.append((call.wait_ended(5.0), call.play(b"\0" * 16000)))
+
+    rec = Recorder(handler)
+    with running_agent(provider, rec) as agent:
+        text = invite(agent.local_port, provider, "cross")
+        provider.send(text, agent_addr(agent))
+        ok = provider.expect(status(200))
+        assert answered.wait(2)
+        provider.send(cancel(text), agent_addr(agent))  # Reason: SIP;cause=200
+        provider.expect(lambda m: m.status == 200 and m.cseq[1] == "CANCEL")
+        inv = parse(text.encode())
+        provider.send(in_dialog("ACK", inv, ok, provider, 1), agent_addr(agent))
+        assert provider.expect(lambda m: m.method == "BYE").method == "BYE"
+        time.sleep(0.1)
+        call = rec.calls[0]
+        assert seen == [(True, False)]
+        assert call.end_reason == "cancelled" and call.answered_elsewhere
+
+
+def test_a_handler_that_returns_while_ringing_still_answers_the_invite(provider):
+    with running_agent(provider, Recorder(lambda call: call.ring())) as agent:
+        provider.send(invite(agent.local_port, provider), agent_addr(agent))
+        assert provider.expect(status(480)).status == 480
+
+
 def test_unknown_cancel_and_bye_get_481(provider):
     # B15: BYE/CANCEL for calls we do not know are 481, not 200
     with running_agent(provider, Recorder()) as agent:
@@ -318,15 +351,26 @@ def test_rtpmap_for_a_payload_not_offered(provider):
         provider.expect(status(603))
 
 
-@pytest.mark.parametrize("body", [sdp(40000, "18").replace("m=audio 40000 RTP/AVP 18", "m=audio 40000 RTP/AVP 18"),
-                                  sdp(40000, "0 8").replace("RTP/AVP", "RTP/SAVP")])
-def test_offers_we_cannot_serve_get_488(provider, body):
-    # B12: G.729-only and SRTP-only offers are refused with 488 at once
-    rec = Recorder()
+@pytest.mark.parametrize("body,headers,why", [
+    (sdp(40000, "18"), "", "no G.711 in the offer (RTP/AVP 18)"),
+    (sdp(40000, "0 8").replace("RTP/AVP", "RTP/SAVP"), "", "no G.711 in the offer (RTP/SAVP PCMA PCMU)"),
+    (sdp(40000, "0 8"), "Require: 100rel, timer\r\n", "requires 100rel, timer"),
+])
+def test_calls_we_cannot_serve_reach_the_handler_and_are_never_answered(provider, body, headers, why):
+    # a blocked caller must be declined whatever its INVITE requires or offers: the rules come first
+    rec = Recorder(lambda call: call.decline(603) if not call.answer() else None)
     with running_agent(provider, rec) as agent:
-        provider.send(invite(agent.local_port, provider, body=body), agent_addr(agent))
-        assert provider.expect(status(488)).status == 488
-        assert rec.calls == []
+        provider.send(invite(agent.local_port, provider, body=body, extra=headers), agent_addr(agent))
+        assert provider.expect(status(603)).status == 603
+        assert rec.calls[0].info.cannot_serve == why
+
+
+def test_a_required_100rel_gets_no_unreliable_180(provider):
+    rec = Recorder(lambda call: (call.ring(), call.decline(603)))
+    with running_agent(provider, rec) as agent:
+        provider.send(invite(agent.local_port, provider, extra="Require: 100rel\r\n"), agent_addr(agent))
+        got = [provider.expect(lambda m: m.status in (100, 180, 603)).status for _ in range(2)]
+        assert got == [100, 603]
 
 
 def test_invite_without_sdp_is_answered_with_an_offer(provider):
@@ -507,3 +551,24 @@ def test_stop_ends_ringing_calls_with_480(provider):
         provider.send(invite(agent.local_port, provider), agent_addr(agent))
         provider.expect(status(180))
     assert provider.expect(status(480))
+
+
+def test_untrusted_sip_is_counted_per_source(provider):
+    strangers = [Peer("127.0.0.2"), Peer("127.0.0.3")]
+    try:
+        with running_agent(provider, Recorder()) as agent:
+            assert agent.untrusted_summary() == UntrustedSummary(0, 0)
+            for i in range(3):
+                strangers[0].send(invite(agent.local_port, strangers[0], f"evil{i}"), agent_addr(agent))
+            strangers[1].send(options(strangers[1]), agent_addr(agent))
+            before = time.time()
+            deadline = time.monotonic() + 3
+            while agent.untrusted_summary().count < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            summary = agent.untrusted_summary()
+            assert (summary.count, summary.sources, summary.last_source) == (4, 2, f"127.0.0.3:{strangers[1].port}")
+            assert summary.last_at is not None and summary.last_at >= before - 1
+            assert agent.untrusted_counts() == {"127.0.0.2": 3, "127.0.0.3": 1}
+    finally:
+        for s in strangers:
+            s.close()

@@ -50,6 +50,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
 MAX_DIALOGS = 256  # beyond this new INVITEs get 503: only this branch ends, the house keeps ringing
 SUPPORTED: frozenset[str] = frozenset()  # option tags we implement; another in Require: we ring, never answer
 UNTRUSTED_LOG_INTERVAL = 60.0
+UNTRUSTED_SOURCES_MAX = 4096  # untrusted addresses counted (least recently seen forgotten first)
 # A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
 # forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
 # until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry: a
@@ -95,6 +96,16 @@ class IncomingCall:
     from_provider: bool
     request_uri: str = ""
     cannot_serve: str = ""  # why screener could ring but not answer this call ("" = it can)
+
+
+@dataclass(frozen=True)
+class UntrustedSummary:
+    """SIP dropped because it came from outside the provider, since the agent started."""
+
+    count: int  # datagrams dropped
+    sources: int  # distinct addresses among the last UNTRUSTED_SOURCES_MAX
+    last_source: str = ""  # "ip:port" of the latest
+    last_at: float | None = None  # time.time() of the latest
 
 
 @dataclass(frozen=True)
@@ -364,7 +375,9 @@ class SipAgent:
         self._calls: dict[str, Call] = {}
         self._done: dict[str, _Done] = {}  # call-id -> tombstone of an ended call (see _retire)
         self._client_tx: dict[str, _ClientTx] = {}
-        self._untrusted_seen: OrderedDict[str, float] = OrderedDict()
+        self._untrusted_seen: OrderedDict[str, list[float]] = OrderedDict()  # ip -> [count, last logged]
+        self._untrusted_total = 0
+        self._untrusted_last: tuple[str, float] | None = None  # "ip:port", time.time()
         self._provider_ips: set[str] = set()
         self._trusted_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_sources]
         self._stopping = threading.Event()  # registration: stop and unregister
@@ -512,16 +525,32 @@ class SipAgent:
     def _log_untrusted(self, addr: tuple[str, int], data: bytes) -> None:
         now = time.monotonic()
         ip = addr[0]
-        last = self._untrusted_seen.get(ip)
-        if last is not None and now - last < UNTRUSTED_LOG_INTERVAL:
+        self._untrusted_total += 1
+        self._untrusted_last = (f"{format_host(ip)}:{addr[1]}", time.time())
+        entry = self._untrusted_seen.get(ip)
+        if entry is None:
+            entry = self._untrusted_seen[ip] = [0, -1.0]
+            while len(self._untrusted_seen) > UNTRUSTED_SOURCES_MAX:
+                self._untrusted_seen.popitem(last=False)
+        else:
+            self._untrusted_seen.move_to_end(ip)
+        entry[0] += 1
+        if entry[1] >= 0 and now - entry[1] < UNTRUSTED_LOG_INTERVAL:
             return
-        self._untrusted_seen[ip] = now
-        self._untrusted_seen.move_to_end(ip)
-        while len(self._untrusted_seen) > 4096:
-            self._untrusted_seen.popitem(last=False)
+        entry[1] = now
         word = data[:16].split(b" ", 1)[0].decode("ascii", "replace")
         what = word if word.isalnum() and word.isupper() else "response" if word.startswith("SIP/") else "?"
         log.warning("screener: untrusted SIP from %s:%d dropped (%s)", ip, addr[1], what)
+
+    def untrusted_summary(self) -> UntrustedSummary:
+        """What was dropped from untrusted addresses so far (safe to call from any thread)."""
+        last = self._untrusted_last
+        return UntrustedSummary(self._untrusted_total, len(self._untrusted_seen), *(last or ("", None)))
+
+    def untrusted_counts(self) -> dict[str, int]:
+        """Datagrams dropped per untrusted address (the most recently seen UNTRUSTED_SOURCES_MAX)."""
+        items = list(self._untrusted_seen.items())  # one C call: no switch to the socket thread inside it
+        return {ip: int(entry[0]) for ip, entry in items}
 
     def _discover_local_address(self) -> str | None:
         """The address this host uses to reach the provider (never 0.0.0.0)."""
@@ -1010,8 +1039,8 @@ class SipAgent:
     def _answer(self, call: Call) -> bool:
         assert self.pool is not None
         with self._lock:
-            if call.state != "ringing":
-                return False  # B3: a cancelled (or declined) call is never answered
+            if call.state != "ringing" or call.info.cannot_serve:
+                return False  # B3: a cancelled (or declined) call is never answered; nor one we cannot serve
             offer = call.offer
             if offer is not None:
                 choice = self._choose_codec(offer)
