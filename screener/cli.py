@@ -366,21 +366,56 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
+    """`screener status` output for a sip_status row `st` judged as `h` (screener.health.Health)."""
+
+    def at(t: datetime) -> str:
+        return f"{t.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
+
+    if h.state == "never":
+        return ["not running: the SIP service has not run yet"]
+    if h.state == "stopped":
+        lines = [f"not running: stopped since {at(st.since)}"]
+    elif h.state == "stale":
+        lines = [f"not running: no heartbeat since {at(st.heartbeat_at)} ({h.age:.0f} s ago, pid {st.pid})"]
+    else:
+        line = f"{st.state} since {at(st.since)}"
+        if h.age is not None:
+            line += f" (pid {st.pid}, heartbeat {max(0.0, h.age):.0f} s ago)"
+        if st.last_error:
+            line += f" — last error: {st.last_error}"
+        lines = [line]
+    if st.untrusted_count:
+        last = f", the last from {st.untrusted_last_source}" if st.untrusted_last_source else ""
+        when = f" at {at(st.untrusted_last_at)}" if st.untrusted_last_at else ""
+        lines.append(f"warning: {st.untrusted_count} SIP message(s) from {st.untrusted_sources} untrusted "
+                     f"address(es) dropped{last}{when}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from screener import store
+    """Is the service running and registered? For people and for monitoring, by the exit status:
+
+    0 running and registered; 1 running, not registered (registering, or failing: see the last error);
+    3 not running (stopped, never started, or no heartbeat for 15 s: killed or hung); 4 unknown (the
+    database cannot be read).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from screener import health, store
 
     cfg = _load(args)
     tz = ZoneInfo(cfg.screening.timezone)
-    with _store(cfg).read() as s:
-        st = store.get_sip_status(s)
-        if st is None:
-            print("stopped: the SIP service has not run yet")
-            return 1
-        line = f"{st.state} since {st.since.astimezone(tz):%Y-%m-%d %H:%M:%S %Z}"
-        if st.last_error:
-            line += f" — last error: {st.last_error}"
-        print(line)
-        return 0 if st.state == "registered" else 1
+    try:
+        with _store(cfg).read() as s:
+            st = store.get_sip_status(s)
+            h = health.judge(st.state if st else None, st.heartbeat_at if st else None, store.utcnow())
+            lines = _status_lines(st, h, tz)
+    except SQLAlchemyError as e:
+        print(f"unknown: cannot read the database: {getattr(e, 'orig', None) or e}")
+        return health.EXIT_UNKNOWN
+    print("\n".join(lines))
+    return h.exit_code
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -170,6 +170,16 @@ class SipStatus(Base):
     since: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str] = mapped_column(String(300), default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the running service's heartbeat (screener.health): older than health.STALE_AFTER means not running
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    pid: Mapped[int | None] = mapped_column(default=None)
+    # SIP dropped from untrusted addresses since the service started (SipAgent.untrusted_summary)
+    untrusted_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    untrusted_sources: Mapped[int] = mapped_column(default=0, server_default="0")
+    untrusted_last_source: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    untrusted_last_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    _fit_text = validates("last_error", "untrusted_last_source")(_fit)
 
 
 class NumberNote(Base):
@@ -342,6 +352,22 @@ def set_sip_status(session: Session, state: str, last_error: str = "", now: date
 
 def get_sip_status(session: Session) -> SipStatus | None:
     return session.get(SipStatus, 1)
+
+
+def write_heartbeat(session: Session, state: str, last_error: str, since: datetime | None, pid: int | None,
+                    untrusted: tuple[int, int, str, datetime | None] = (0, 0, "", None),
+                    now: datetime | None = None) -> None:
+    """The service's beat: its state (`since` as the agent saw the change), pid and untrusted-SIP summary
+    (count, distinct sources, last source, last time)."""
+    now = now or utcnow()
+    row = session.get(SipStatus, 1)
+    if row is None:
+        row = SipStatus(id=1, state=state, since=since or now)
+        session.add(row)
+    elif row.state != state:
+        row.state, row.since = state, since or now
+    row.last_error, row.updated_at, row.heartbeat_at, row.pid = last_error, now, now, pid
+    (row.untrusted_count, row.untrusted_sources, row.untrusted_last_source, row.untrusted_last_at) = untrusted
 
 
 def count_entries(session: Session) -> int:

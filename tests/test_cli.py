@@ -7,11 +7,11 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from werkzeug.security import check_password_hash
 
 from screener import cli, store
@@ -451,7 +451,7 @@ def test_user_add_rejects_a_short_password(run, db: store.Store, monkeypatch: py
 # --- status ---------------------------------------------------------------------------------------------
 
 def test_status_before_the_service_ran(run) -> None:
-    assert run("status") == (1, "stopped: the SIP service has not run yet\n", "")
+    assert run("status") == (3, "not running: the SIP service has not run yet\n", "")
 
 
 @pytest.mark.parametrize(("state", "error", "status", "line"), [
@@ -463,6 +463,46 @@ def test_status_prints_the_state(run, db: store.Store, state: str, error: str, s
     with db.write() as s:
         store.set_sip_status(s, state, error, now=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))
     assert run("status") == (status, line + "\n", "")
+
+
+BEAT_SINCE = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # 12:00 CET
+
+
+@pytest.mark.parametrize(("state", "age", "status", "line"), [
+    ("registered", 0, 0, "registered since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 0 s ago)"),
+    ("registered", 14, 0, "registered since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 14 s ago)"),
+    ("registered", 16, 3, "not running: no heartbeat since 2026-03-04 12:05:00 CET (16 s ago, pid 4242)"),
+    ("registered", 3600, 3, "not running: no heartbeat since 2026-03-04 12:05:00 CET (3600 s ago, pid 4242)"),
+    ("registering", 5, 1, "registering since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 5 s ago)"),
+    ("failed", 5, 1, "failed since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 5 s ago) — last error: 403 x"),
+    ("failed", 60, 3, "not running: no heartbeat since 2026-03-04 12:05:00 CET (60 s ago, pid 4242)"),
+    ("stopped", 0, 3, "not running: stopped since 2026-03-04 12:00:00 CET"),
+    ("stopped", 600, 3, "not running: stopped since 2026-03-04 12:00:00 CET"),
+])
+def test_status_judges_the_heartbeat(run, db: store.Store, monkeypatch: pytest.MonkeyPatch, state: str, age: int,
+                                     status: int, line: str) -> None:
+    beat = BEAT_SINCE + timedelta(minutes=5)
+    with db.write() as s:
+        store.write_heartbeat(s, state, "403 x" if state == "failed" else "", BEAT_SINCE, 4242, now=beat)
+    monkeypatch.setattr(store, "utcnow", lambda: beat + timedelta(seconds=age))
+    assert run("status") == (status, line + "\n", "")
+
+
+def test_status_warns_of_untrusted_sip(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    beat = BEAT_SINCE + timedelta(minutes=5)
+    with db.write() as s:
+        store.write_heartbeat(s, "registered", "", BEAT_SINCE, 4242, (57, 3, "198.51.100.7:5060", beat), now=beat)
+    monkeypatch.setattr(store, "utcnow", lambda: beat)
+    assert run("status") == (0, "registered since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 0 s ago)\n"
+                                "warning: 57 SIP message(s) from 3 untrusted address(es) dropped, the last from "
+                                "198.51.100.7:5060 at 2026-03-04 12:05:00 CET\n", "")
+
+
+def test_status_exits_4_when_the_database_cannot_be_read(run, db: store.Store) -> None:
+    with db.write() as s:
+        s.execute(text("DROP TABLE sip_status"))
+    code, out, err = run("status")
+    assert (code, err) == (4, "") and out.startswith("unknown: cannot read the database: ")
 
 
 # --- as a real process ----------------------------------------------------------------------------------
