@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Flask, render_template, request
+from flask import Blueprint, Flask, abort, render_template, request
 from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from screener.numbers import parse_caller
 from screener.rules import normalize_pattern
 from screener.store import OUTCOMES, Call, ListEntry, utcnow
+from screener.text import clean
 from web import db
 from web.format import local_day_start, zone
 
@@ -28,6 +29,9 @@ NAME_SEARCH_WINDOW = timedelta(days=30)
 DECISIONS = ("allow", "block", "screen")
 _SEPARATORS = re.compile(r"[\s\-.()/]")
 _CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT[\d:.]+)_(\d{1,18})")
+# Days and cursors far enough inside datetime's range that a day added, a search window subtracted or a time
+# zone applied cannot overflow it (year 1 or 9999 would turn into a 500).
+MIN_DAY, MAX_DAY = date(1970, 1, 1), date(9998, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -42,13 +46,30 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor | None:
-        m = _CURSOR.fullmatch(text or "")
+        """None for no cursor; raises ValueError for one that is not a cursor this app made."""
+        if not text:
+            return None
+        m = _CURSOR.fullmatch(text)
         if not m:
-            return None
-        try:
-            return cls(datetime.fromisoformat(m[1]).replace(tzinfo=UTC), int(m[2]))
-        except ValueError:
-            return None
+            raise ValueError(f"not a cursor: {text[:40]!r}")
+        at = datetime.fromisoformat(m[1]).replace(tzinfo=UTC)
+        if not MIN_DAY <= at.date() <= MAX_DAY:
+            raise ValueError(f"cursor out of range: {text[:40]!r}")
+        return cls(at, int(m[2]))
+
+
+def cursor_arg(name: str) -> Cursor | None:
+    """The page cursor in query argument `name`; a broken or edited link is a 400 that says so."""
+    try:
+        return Cursor.parse(request.args.get(name))
+    except ValueError:
+        abort(400, description=_("This page link is not valid (it was cut or edited). Go back to the first page."))
+
+
+def text_arg(name: str, size: int = 100) -> str:
+    """A free-text query argument, trimmed and cut, with NUL and control characters made harmless (PostgreSQL
+    refuses NUL in a parameter)."""
+    return clean((request.args.get(name) or "").strip()[:size])
 
 
 @dataclass(frozen=True)
@@ -71,15 +92,20 @@ class CallFilter:
             if not text:
                 return None
             try:
-                return date.fromisoformat(text)
+                day = date.fromisoformat(text)
             except ValueError:
-                errors.append(_("Dates must look like 2025-01-31."))
+                day = None
+            if day is None or not MIN_DAY <= day <= MAX_DAY:
+                errors.append(_("Dates must lie between %(a)s and %(b)s, written like 2025-01-31.",
+                                a=MIN_DAY.isoformat(), b=MAX_DAY.isoformat()))
                 return None
+            return day
 
         outcome = args.get("outcome", "")
         decision = args.get("decision", "")
         return cls(day("from"), day("to"), outcome if outcome in OUTCOMES else "",
-                   decision if decision in DECISIONS else "", (args.get("q") or "").strip()[:100], tuple(errors))
+                   decision if decision in DECISIONS else "", clean((args.get("q") or "").strip()[:100]),
+                   tuple(errors))
 
     def _replace_q(self) -> CallFilter:
         """The same filter without its text: to ask whether any older calls exist at all, on the index."""
@@ -177,7 +203,7 @@ def index() -> str:
     cfg = db.config()
     f = CallFilter.from_args(request.args)
     s = db.session()
-    before, after = Cursor.parse(request.args.get("before")), Cursor.parse(request.args.get("after"))
+    before, after = cursor_arg("before"), cursor_arg("after")
     stmt = filtered(f, cfg.screening.region)
     window: tuple[datetime, datetime] | None = None
     if f.q and not is_number_query(f.q):

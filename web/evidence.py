@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, Response, render_template, request
+from flask import Blueprint, Flask, Response, abort, render_template, request
 from sqlalchemy.orm import Session
 
 from screener import evidence
@@ -83,6 +83,8 @@ def csv() -> Response:
     """The same calls as a CSV download."""
     cfg = db.config()
     f = CallFilter.from_args(request.args)
+    if f.errors:
+        abort(400, description=" ".join(f.errors))  # a download must not quietly ignore a filter
     calls, _truncated = selected(db.session(), f, cfg.screening.region)
     rows = evidence.evidence_rows(calls, zone(), ReportDetails.from_args(request.args).line)
     return Response(evidence.evidence_csv(rows), mimetype="text/csv",

@@ -13,6 +13,7 @@ from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 
 from screener.numbers import national_format
+from screener.text import strip_bidi
 from web import db
 
 
@@ -65,10 +66,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def printable(value: object) -> object:
-    """Jinja's finalize: drop control characters from every string a template prints (caller names come from
-    the network); Markup built by the app passes untouched."""
-    if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
-        return _CONTROL.sub("", value)
+    """Jinja's finalize: drop control characters and bidirectional overrides from every string a template
+    prints (caller names come from the network, and rows stored before text.clean existed still hold them).
+    Markup keeps its markup: neither kind of character is HTML syntax, so removing them from it is safe."""
+    if isinstance(value, str) and not value.isprintable():
+        out = strip_bidi(_CONTROL.sub("", value))
+        return Markup(out) if isinstance(value, Markup) else out
     return value
 
 
@@ -80,6 +83,7 @@ def actions_text() -> dict[str, str]:
 
 def init_app(app: Flask) -> None:
     app.jinja_env.finalize = printable
+    app.add_template_filter(strip_bidi)
     app.add_template_global(actions_text)
     app.add_template_filter(localtime)
     app.add_template_filter(national)

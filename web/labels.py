@@ -10,7 +10,7 @@ LABELS = {
         "blocked": _l("blocked"), "answered_elsewhere": _l("answered elsewhere"), "missed": _l("missed"),
         "passed": _l("passed the check"), "failed_challenge": _l("failed the check"),
         "caller_hung_up": _l("caller hung up"), "over_capacity": _l("over capacity"),
-        "interrupted": _l("interrupted"), None: _l("in progress"),
+        "interrupted": _l("interrupted"), "error": _l("handler error"), None: _l("in progress"),
     },
     "decision": {"allow": _l("allow"), "block": _l("block"), "screen": _l("screen")},
     "list": {"allow": _l("allow list"), "block": _l("block list"), "screen": _l("screen list")},

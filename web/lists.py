@@ -18,6 +18,7 @@ from screener.rules import ACTIONS, CLASSES, format_days, make_window, normalize
 from screener.store import Call, ListEntry, bulk_put, put_entry, remove_entry, utcnow
 from web import db
 from web.auth import _safe_next
+from web.calls import text_arg
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 PAGE_SIZE = 100
@@ -90,8 +91,8 @@ def index() -> str:
     """The lists, filtered by list and text, paged by pattern."""
     s = db.session()
     which = request.args.get("list", "")
-    q = (request.args.get("q") or "").strip()[:100]
-    after = request.args.get("after", "")
+    q = text_arg("q")
+    after = text_arg("after", 40)  # a pattern: 40 characters at most
     stmt = select(ListEntry)
     if which in ACTIONS:
         stmt = stmt.where(ListEntry.list == which)

@@ -15,8 +15,9 @@ from sqlalchemy import select
 from screener.numbers import parse_caller
 from screener.rules import candidate_patterns
 from screener.store import Call, ListEntry, NumberNote, utcnow
+from screener.text import clean
 from web import db
-from web.calls import Cursor, page
+from web.calls import cursor_arg, page
 
 bp = Blueprint("numbers", __name__, url_prefix="/numbers")
 MAX_NOTE = 4000
@@ -62,8 +63,7 @@ def show(e164: str) -> str:
     s = db.session()
     caller = parse_caller(e164, cfg.screening.region)
     rows, older, newer = page(s, select(Call).where(Call.e164 == e164),
-                              before=Cursor.parse(request.args.get("before")),
-                              after=Cursor.parse(request.args.get("after")))
+                              before=cursor_arg("before"), after=cursor_arg("after"))
     entries = [e for e in s.scalars(select(ListEntry).where(ListEntry.pattern.in_(candidate_patterns(caller))))
                if e.to_rule().matches(caller, cfg.screening.region)]
     entries.sort(key=lambda e: e.to_rule().specificity(), reverse=True)
@@ -81,7 +81,7 @@ def save_note(e164: str) -> Response:
     """Save (or clear) the note on a number."""
     e164 = _valid_e164(e164)
     s = db.session()
-    text = request.form.get("note", "").replace("\r\n", "\n").strip()[:MAX_NOTE]
+    text = clean(request.form.get("note", "").replace("\r\n", "\n").strip()[:MAX_NOTE])
     note = s.get(NumberNote, e164)
     if not text:
         if note is not None:

@@ -11,19 +11,21 @@ from sqlalchemy import select
 from screener.store import Call
 from web import db
 from web.auth import _safe_next
-from web.calls import Cursor, page
+from web.calls import cursor_arg, page
 
 bp = Blueprint("voicemail", __name__, url_prefix="/voicemail")
 
 
 def voicemail_file(call: Call) -> Path | None:
-    """The recording's path, only if it lies inside the data directory (a row cannot point elsewhere)."""
+    """The recording's path (stored relative to the data directory), only if it lies inside its voicemail
+    folder: a row pointing anywhere else, by `..`, an absolute path or a symlink, is never served or deleted."""
     if not call.voicemail_path:
         return None
-    root = db.data_path().resolve()
+    data = db.data_path().resolve()
+    root = data / "voicemail"
     path = Path(call.voicemail_path)
-    path = (path if path.is_absolute() else root / path).resolve()
-    return path if path.is_relative_to(root) else None
+    path = (path if path.is_absolute() else data / path).resolve()
+    return path if path.is_relative_to(root) and path != root else None
 
 
 @bp.get("")
@@ -34,8 +36,7 @@ def index() -> str:
     unheard = request.args.get("unheard") == "1"
     if unheard:
         stmt = stmt.where(Call.voicemail_heard.is_(False))
-    rows, older, newer = page(s, stmt, before=Cursor.parse(request.args.get("before")),
-                              after=Cursor.parse(request.args.get("after")), size=25)
+    rows, older, newer = page(s, stmt, before=cursor_arg("before"), after=cursor_arg("after"), size=25)
     return render_template("voicemail.html", calls=rows, older=older, newer=newer, unheard=unheard)
 
 
@@ -46,7 +47,9 @@ def audio(call_id: int) -> Response:
     path = voicemail_file(call)
     if path is None or not path.is_file():
         abort(404)
-    return send_file(path, mimetype="audio/wav", conditional=True, max_age=0)
+    response = send_file(path, mimetype="audio/wav", conditional=True, max_age=0)
+    response.headers["Cache-Control"] = "no-store"  # a recording is personal: no disk cache keeps a copy
+    return response
 
 
 @bp.post("/<int:call_id>/heard")

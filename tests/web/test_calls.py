@@ -73,7 +73,7 @@ def test_filters(auth: Any, add_call: Callable[..., int]) -> None:
     assert count(to=(today - timedelta(days=30)).isoformat()) == 1
     assert count(outcome="nonsense") == 3  # unknown values are ignored, not an error
     r = auth.get("/calls", query_string={"from": "31/01/2025"})
-    assert "Dates must look like" in r.get_data(as_text=True)
+    assert "Dates must lie between" in r.get_data(as_text=True)
 
 
 def test_keyset_pages_cover_every_row_once(auth: Any, add_call: Callable[..., int]) -> None:
@@ -103,11 +103,12 @@ def test_keyset_pages_cover_every_row_once(auth: Any, add_call: Callable[..., in
     assert re.findall(r'class="e164">(\+\d+)<', body1) == seen[:50]
 
 
-def test_bad_cursor_is_ignored(auth: Any, add_call: Callable[..., int]) -> None:
+def test_bad_cursor_is_a_readable_400(auth: Any, add_call: Callable[..., int]) -> None:
     add_call()
     for cursor in ["x", "2025-13-45T99:99:99_1", "'; --", "9" * 40]:
         r = auth.get("/calls", query_string={"before": cursor})
-        assert r.status_code == 200 and rows(r.get_data(as_text=True)) == 1
+        assert r.status_code == 400 and "This page link is not valid" in r.get_data(as_text=True)
+    assert rows(auth.get("/calls", query_string={"before": ""}).get_data(as_text=True)) == 1
 
 
 def test_block_from_the_log_then_undo(auth: Any, add_call: Callable[..., int], web_store: store.Store) -> None:

@@ -96,7 +96,7 @@ def test_filters(auth: Any, add_call: Callable[..., int]) -> None:
     assert count(**{"from": (today - timedelta(days=2)).isoformat()}) == 2
     assert count(to=(today - timedelta(days=30)).isoformat()) == 1
     assert count(outcome="nonsense") == 4
-    assert "Dates must look like" in auth.get("/evidence", query_string={"from": "31/01/2025"}).get_data(as_text=True)
+    assert "Dates must lie between" in auth.get("/evidence", query_string={"from": "31/01/2025"}).get_data(as_text=True)
 
 
 def test_csv_download(auth: Any, add_call: Callable[..., int]) -> None:
@@ -108,10 +108,10 @@ def test_csv_download(auth: Any, add_call: Callable[..., int]) -> None:
     assert r.headers["Content-Disposition"] == "attachment; filename=screener-evidence.csv"
     assert r.headers["Cache-Control"] == "no-store"
     text = r.get_data(as_text=True)
-    assert text.splitlines()[0] == ",".join(FIELDS)
+    assert text.splitlines()[0] == ",".join(f'"{f}"' for f in FIELDS)
     first, second = list(csv.DictReader(io.StringIO(text)))
     assert first["name"] == "'=cmd|' /C calc'!A0"
-    assert (first["e164"], first["digits"], first["pai_raw"]) == ("'+390212345678", "'@5",
+    assert (first["e164"], first["digits"], first["pai_raw"]) == ("+390212345678", "'@5",
                                                                  "<sip:+390212345678@carrier>")
     assert (first["local_time"], first["utc_time"]) == ("2026-03-08T11:00:00+01:00", "2026-03-08T10:00:00Z")
     assert (first["outside_code_hours"], first["voicemail"], first["withheld"]) == ("yes", "yes", "no")  # Sunday
