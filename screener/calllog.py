@@ -91,8 +91,6 @@ class CallLog:
                                                       calls.c.started_at == bindparam("m_started_at")))
         self._find = select(calls.c.id).where(and_(calls.c.call_id == bindparam("m_call_id"),
                                                    calls.c.started_at == bindparam("m_started_at")))
-        self._interrupt = (update(calls).where(and_(calls.c.outcome.is_(None), calls.c.started_at < bindparam("boot")))
-                           .values(outcome="interrupted", ended_at=bindparam("boot")))
         self._hit = (update(entries).where(entries.c.id == bindparam("entry_id"))
                      .values(hit_count=entries.c.hit_count + 1, last_hit_at=bindparam("when")))
 
@@ -236,6 +234,10 @@ class CallLog:
         if hit is not None:
             c.execute(self._hit, {"entry_id": hit[0], "when": hit[1]})
 
+    def _interrupt_left_open(self, c: Connection) -> int:
+        with Session(bind=c) as s:
+            return store.close_interrupted(s, self.started, before=self.started)
+
     def _catch_up(self) -> None:
         """Apply the journal in order; leave backlog mode when all of it is in the database."""
         with self._jlock:
@@ -247,7 +249,7 @@ class CallLog:
                 self._with_conn(lambda c, batch=batch: [self._apply(c, op, replay=True) for op in batch])
                 self._caught_up_to = batch[-1].seq
             if self.recovered is None:
-                n = self._with_conn(lambda c: c.execute(self._interrupt, {"boot": self.started}).rowcount)
+                n = self._with_conn(self._interrupt_left_open)
                 self.recovered = (len(ops), n or 0)
                 if ops or n:
                     log.info("screener: %d journalled change(s) of the last run written, %d call(s) it left open "

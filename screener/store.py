@@ -328,9 +328,12 @@ def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, s
 # --- calls and status -----------------------------------------------------------------------------------
 
 
-def close_interrupted(session: Session, now: datetime) -> int:
-    """Mark calls left open by a crash or a stop as `interrupted`; returns how many."""
-    res = session.execute(update(Call).where(Call.outcome.is_(None)).values(outcome="interrupted", ended_at=now))
+def close_interrupted(session: Session, now: datetime, before: datetime | None = None) -> int:
+    """Mark calls left open by a crash or a stop (started before `before`) as `interrupted`; returns how many."""
+    stmt = update(Call).where(Call.outcome.is_(None))
+    if before is not None:
+        stmt = stmt.where(Call.started_at < before)
+    res = session.execute(stmt.values(outcome="interrupted", ended_at=now))
     return res.rowcount or 0
 
 
