@@ -1,5 +1,5 @@
-"""The overview: registration status, today's calls by outcome, blocked this week, 30 days as a chart,
-the latest voicemails."""
+"""The overview: registration status (not running without a fresh heartbeat), today's calls by outcome,
+blocked this week, 30 days as a chart, the latest voicemails."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from screener.health import judge
 from screener.store import OUTCOMES, Call, get_sip_status, utcnow
 from web import db
 from web.chart import stacked_bars
@@ -80,7 +81,10 @@ def index() -> str:
     voicemails = list(s.scalars(select(Call).where(Call.voicemail_path.is_not(None),
                                                    Call.started_at >= utcnow() - timedelta(days=90))
                                 .order_by(Call.started_at.desc(), Call.id.desc()).limit(5)))
-    return render_template("overview.html", status=get_sip_status(s), today=Counter(today_counts),
+    status = get_sip_status(s)
+    # a service killed with SIGKILL (or hung) leaves "registered" behind: only a fresh heartbeat counts
+    health = judge(status.state if status else None, status.heartbeat_at if status else None, utcnow())
+    return render_template("overview.html", status=status, health=health, today=Counter(today_counts),
                            today_total=sum(today_counts.values()), blocked_week=blocked_week, chart=chart,
                            series=series, voicemails=voicemails, today_date=today.isoformat(), outcomes=OUTCOMES,
                            total_30=sum(sum(c) for c in counts.values()))
