@@ -12,6 +12,7 @@ import html
 import http.cookiejar
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -275,6 +276,32 @@ def test_cancel_sent_on_ringing_races_an_immediate_answer(make_screener: Callabl
 # ------------------------------------------------------------------------------------------- every call ends
 
 
+class _Peak:
+    """Samples a screener's threads and RSS every 0.1 s in the background; keeps the highest of each."""
+
+    def __init__(self, screener: Screener) -> None:
+        self.screener = screener
+        self.threads = self.rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.threads = max(self.threads, self.screener.threads())
+                self.rss = max(self.rss, self.screener.rss_kb())
+            except (OSError, ValueError):
+                return
+
+    def __enter__(self) -> _Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
 def _settled(screener: Screener, threads0: int, rss0: int, timeout: float) -> tuple[int, int]:
     """Wait until threads and RSS are back (threads <= before, RSS within 5 MB); return the last figures."""
     last = (screener.threads(), screener.rss_kb())
@@ -295,11 +322,10 @@ def test_calls_nobody_ends_are_ended_by_max_ring_time(make_screener: Callable[..
     time.sleep(1.0)
     threads0, rss0 = screener.threads(), screener.rss_kb()
     numbers = [f"+3902987{i:05d}" for i in range(n)]
-    with FaultUac((HOST, screener.sip_port), (HOST, ports.caller)) as uac:
+    with FaultUac((HOST, screener.sip_port), (HOST, ports.caller)) as uac, _Peak(screener) as peak:
         t0 = time.monotonic()
         res = uac.run(numbers, rate=50, timeout=max_ring + 15)
         last_invite = t0 + (n - 1) / 50
-        threads_peak = screener.threads()
         ids = [r.call_id for r in res]
 
         def open_rows() -> int:
@@ -321,7 +347,7 @@ def test_calls_nobody_ends_are_ended_by_max_ring_time(make_screener: Callable[..
     print(f"\n{n} allowed calls never cancelled, max_ring_time {max_ring} s: finals {finals}, INVITE -> final "
           f"{latencies[0] if latencies else float('nan'):.1f}-{latencies[-1] if latencies else float('nan'):.1f} s; "
           f"rows {outcomes}, open rows {open_rows()}, all closed {closed_after:.1f} s after the last INVITE; "
-          f"threads {threads0} -> peak {threads_peak} -> {threads1}; RSS {rss0} -> {rss1} KiB "
+          f"threads {threads0} -> peak {peak.threads} -> {threads1}; RSS {rss0} -> peak {peak.rss} -> {rss1} KiB "
           f"({(rss1 - rss0) / 1024:+.1f} MiB)")
     assert screener.alive(), screener.log_tail()
     assert finals == {480: n}, finals
@@ -358,3 +384,22 @@ def test_full_dialog_table_refuses_with_503_retry_after_and_a_row(make_screener:
     assert extra.final_code == 503 and hdrs.get("retry-after"), (extra.final_code, hdrs)
     assert row is not None and row["outcome"] == "over_capacity", row
     assert screener.alive(), screener.log_tail()
+
+
+def test_callers_screener_cannot_serve_are_ended_by_max_ring_time_too(
+        make_screener: Callable[..., Screener]) -> None:
+    max_ring = 10
+    screener = make_screener(screening={"max_ring_time": max_ring})
+    t0 = time.monotonic()
+    with FaultUac((HOST, screener.sip_port), media=G722) as g722, FaultUac((HOST, screener.sip_port)) as rel:
+        rel.run([UNKNOWN], rate=1, timeout=0.1, extra_headers=["Require: 100rel"])  # returns while it rings
+        g722.run(["+390287600001"], rate=1, timeout=max_ring + 10)
+        res = [*rel.calls.values(), *g722.calls.values()]
+        wait_until(lambda: all(r.final_code for r in res), 5, what="both finals")
+        codes = [rel.codes(r.call_id) or g722.codes(r.call_id) for r in res]
+    took = time.monotonic() - t0
+    rows = [r for r in screener.calls() if r["call_id"] in {x.call_id for x in res}]
+    print(f"\nG.722-only and Require: 100rel callers nobody ends, max_ring_time {max_ring} s: codes {codes} after "
+          f"{took:.1f} s; rows {[(r['outcome'], r['reason']) for r in rows]}")
+    assert [r.final_code for r in res] == [480, 480], codes
+    assert len(rows) == 2 and all(r["outcome"] == "missed" and "cannot screen" in r["reason"] for r in rows), rows
