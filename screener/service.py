@@ -48,6 +48,7 @@ class CallInfo(Protocol):
     called: str
     display_name: str
     from_provider: bool
+    cannot_serve: str  # why the SIP side could ring but not answer this call ("" = it can)
 
 
 class LineCall(Protocol):
@@ -230,7 +231,7 @@ class CallHandler:
             decision = self._decide(info, caller, started)
             rec.reason = decision.reason
             row = self.log.open(self._row_values(info, caller, decision, started))
-            cannot = getattr(info, "cannot_serve", "")
+            cannot = info.cannot_serve
             if decision.action == "block":
                 self._block(call, rec, can_answer=not cannot)
             elif decision.action == "screen" and cannot:
