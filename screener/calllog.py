@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, event, insert, select, update
+from sqlalchemy import Table, and_, bindparam, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -83,7 +83,7 @@ class CallLog:
         self._pending = 0  # ops put and not yet done with
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
-        calls, entries = store.Call.__table__, store.ListEntry.__table__
+        calls, entries = cast(Table, store.Call.__table__), cast(Table, store.ListEntry.__table__)
         # built once: SQLAlchemy then only looks their compiled form up in its cache
         self._insert = insert(calls)
         self._update = update(calls).where(calls.c.id == bindparam("row_id"))
@@ -225,7 +225,10 @@ class CallLog:
         params = store.fit_text(store.Call, values)
         if op.kind == "open":
             found = c.execute(self._find, row.match).scalar() if replay else None
-            row.id = found if found is not None else c.execute(self._insert, params).inserted_primary_key[0]
+            if found is None:
+                pk = c.execute(self._insert, params).inserted_primary_key
+                found = pk[0] if pk is not None else None
+            row.id = found
             return
         if row.id is not None:
             c.execute(self._update, {**params, "row_id": row.id})
@@ -233,6 +236,10 @@ class CallLog:
             c.execute(self._update_match, {**params, **row.match})
         if hit is not None:
             c.execute(self._hit, {"entry_id": hit[0], "when": hit[1]})
+
+    def _apply_all(self, c: Connection, ops: list[_Op]) -> None:
+        for op in ops:
+            self._apply(c, op, replay=True)
 
     def _interrupt_left_open(self, c: Connection) -> int:
         with Session(bind=c) as s:
@@ -246,7 +253,7 @@ class CallLog:
             ops = [op for op in read_journal(self.journal_path) if op.seq > self._caught_up_to and op.seq <= upto]
             for i in range(0, len(ops), BATCH):
                 batch = ops[i:i + BATCH]
-                self._with_conn(lambda c, batch=batch: [self._apply(c, op, replay=True) for op in batch])
+                self._with_conn(lambda c, batch=batch: self._apply_all(c, batch))
                 self._caught_up_to = batch[-1].seq
             if self.recovered is None:
                 n = self._with_conn(self._interrupt_left_open)

@@ -40,15 +40,28 @@ RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long 
 
 
 class CallInfo(Protocol):
-    call_id: str
-    source: tuple[str, int]
-    from_raw: str
-    pai_raw: str | None
-    privacy: str | None
-    called: str
-    display_name: str
-    from_provider: bool
-    cannot_serve: str  # why the SIP side could ring but not answer this call ("" = it can)
+    """What the handler reads of an INVITE (screener.sip.IncomingCall, read-only)."""
+
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def source(self) -> tuple[str, int]: ...
+    @property
+    def from_raw(self) -> str: ...
+    @property
+    def pai_raw(self) -> str | None: ...
+    @property
+    def privacy(self) -> str | None: ...
+    @property
+    def called(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def from_provider(self) -> bool: ...
+    @property
+    def cannot_serve(self) -> str:
+        """Why the SIP side could ring but not answer this call ("" = it can)."""
+        ...
 
 
 class LineCall(Protocol):
@@ -488,8 +501,8 @@ class Service:
         self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
         self.handler._refresh_snapshot()
         factory = self._agent_factory or SipAgent
-        kwargs = {"on_reject": self.handler.rejected, "ring_limit": cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S}
-        self.agent = factory(cfg.sip, self.handler, self._on_status, **kwargs)
+        self.agent = factory(cfg.sip, self.handler, self._on_status, on_reject=self.handler.rejected,
+                             ring_limit=cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
         self.agent.start()
 
     def _on_status(self, st: Any) -> None:
