@@ -1,7 +1,9 @@
 """The dashboard's database access: one session per request, opened lazily on `g` and closed on teardown.
 
 GET requests read in a deferred transaction; other methods get an immediate (write) session, committed after
-the view returned a non-error response so that a failed commit still becomes a 500 the user sees.
+the view returned a non-error response so that a failed commit still becomes a 500 the user sees. A view
+marked @read_only gets a read session for every method: the login (whose password check takes a fifth of a
+second the SIP service must not wait for) and the CSV import (which writes in its own short transactions).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
+from flask.typing import RouteCallable
 from sqlalchemy.orm import Session
 
 from screener.config import Config
@@ -71,11 +74,27 @@ def store() -> Store:
     return current_app.extensions["screener.store"]  # type: ignore[no-any-return]
 
 
+R = TypeVar("R", bound=RouteCallable)
+
+
+def read_only(view: R) -> R:
+    """Mark `view` as one whose requests of any method get a read session (never the write lock)."""
+    view.screener_read_only = True  # type: ignore[attr-defined]
+    return view
+
+
+def _writing() -> bool:
+    if request.method in _SAFE_METHODS:
+        return False
+    view = current_app.view_functions.get(request.endpoint or "")
+    return not getattr(view, "screener_read_only", False)
+
+
 def session() -> Session:
     """The request's session; write requests take the write lock up front (BEGIN IMMEDIATE on SQLite)."""
     s: Session | None = g.get("db_session")
     if s is None:
-        writing = request.method not in _SAFE_METHODS
+        g.db_writing = writing = _writing()
         s = store().session_factory(writing=writing)()
         s.begin()
         g.db_session = s
@@ -84,7 +103,7 @@ def session() -> Session:
 
 def _commit(response: Response) -> Response:
     s: Session | None = g.get("db_session")
-    if s is not None and s.in_transaction() and response.status_code < 400 and request.method not in _SAFE_METHODS:
+    if s is not None and s.in_transaction() and response.status_code < 400 and g.get("db_writing"):
         s.commit()
         # This process changed data: cached aggregates may be stale now (other writers are covered by the TTL).
         current_app.extensions["screener.cache"].clear()

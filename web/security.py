@@ -7,6 +7,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from flask import Flask, Response, request
@@ -85,9 +86,46 @@ class RateLimiter:
         with self._lock:
             now = self._clock()  # type: ignore[operator]
             self._recent(key, now).append(now)
-            if len(self._events) > 10_000:  # a flood of addresses must not grow memory without bound
-                for k in [k for k, q in self._events.items() if not q or q[-1] <= now - self.window]:
-                    del self._events[k]
+            self._prune(now)
+
+    def try_hit(self, keys: Sequence[str]) -> tuple[float, float]:
+        """Count one attempt against every key at once if all of them are under the limit: (0, stamp).
+        Otherwise count nothing: (seconds until the last of them may try again, 0).
+
+        Check and count happen under one lock, so N concurrent attempts never get more than `limit` through
+        (checking blocked() and calling hit() afterwards let every request that checked first pass)."""
+        with self._lock:
+            now = self._clock()  # type: ignore[operator]
+            wait = 0.0
+            for key in keys:
+                q = self._recent(key, now)
+                if len(q) >= self.limit:
+                    wait = max(wait, q[0] + self.window - now, 1e-3)
+            if wait:
+                return wait, 0.0
+            for key in keys:
+                self._events[key].append(now)
+            self._prune(now)
+            return 0.0, now
+
+    def forgive(self, keys: Sequence[str], stamp: float) -> None:
+        """Take back an attempt try_hit() counted (it succeeded, or it never ran)."""
+        with self._lock:
+            for key in keys:
+                q = self._events.get(key)
+                if q is None:
+                    continue
+                try:
+                    q.remove(stamp)
+                except ValueError:
+                    pass
+                if not q:
+                    del self._events[key]
+
+    def _prune(self, now: float) -> None:
+        if len(self._events) > 10_000:  # a flood of addresses must not grow memory without bound
+            for k in [k for k, q in self._events.items() if not q or q[-1] <= now - self.window]:
+                del self._events[k]
 
     def reset(self, key: str) -> None:
         with self._lock:
