@@ -161,9 +161,9 @@ def test_acked_call_leaves_only_a_tombstone_until_timer_i(provider):
         provider.expect(status(482))
         assert len(rec.calls) == 1
         deadline = time.monotonic() + 2
-        while agent._done and time.monotonic() < deadline:
+        while agent.tombstones and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not agent._done, "the tombstone outlived Timer I"
+        assert not agent.tombstones, "the tombstone outlived Timer I"
 
 
 def test_unacked_decline_is_forgotten_at_timer_h(provider):
@@ -174,7 +174,7 @@ def test_unacked_decline_is_forgotten_at_timer_h(provider):
         deadline = time.monotonic() + 64 * FAST.t1 + 1
         while agent.tracked_calls and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert agent.tracked_calls == 0 and not agent._done
+        assert agent.tracked_calls == 0 and not agent.tombstones
 
 
 def test_cancel_gets_200_and_487_and_the_call_is_never_answered(provider):

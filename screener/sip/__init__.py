@@ -4,6 +4,6 @@
 imports pyVoIP (for its RTP session state) and fixes the RTP bugs listed in PYVOIP.md.
 """
 
-from screener.sip.agent import Call, IncomingCall, RegStatus, SipAgent, Timing
+from screener.sip.shell import Call, IncomingCall, RegStatus, SipAgent, Timing
 
 __all__ = ["Call", "IncomingCall", "RegStatus", "SipAgent", "Timing"]

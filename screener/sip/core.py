@@ -1,0 +1,762 @@
+"""The SIP user agent's protocol core, sans I/O: datagrams, timer events and commands in; datagrams and events out.
+
+`SipCore` owns the transactions, the incoming calls' dialogs, the registration, the provider-only filter and
+their timers. It never reads a clock (every input carries `now`), opens no socket, starts no thread, resolves
+no name (it asks with a `ResolveProvider` event) and draws randomness from the source it is given, so tests
+drive it with plain values. `screener.sip.shell` is the I/O around it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import logging
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from screener.config import SipConfig
+from screener.sip.dialogs import (
+    REASONS,
+    AnswerPlan,
+    DEvent,
+    Dialog,
+    DState,
+    IncomingCall,
+    Tombstone,
+    answer_plan,
+    build_response,
+    bye_destination,
+    bye_request,
+    choose_codec,
+    dtmf_relay_keys,
+    incoming_info,
+    local_sdp,
+    servable,
+)
+from screener.sip.message import (
+    Message,
+    ParseError,
+    VersionError,
+    check_request,
+    name_addr,
+    parse,
+    parse_sdp,
+    parse_uri,
+    sdp_body,
+    via_sent_by,
+)
+from screener.sip.registration import (
+    ALLOW,
+    Contact,
+    Registration,
+    RegState,
+    ResolveProvider,
+    SendRequest,
+    StatusChange,
+    format_host,
+    new_branch,
+    split_hostport,
+    token,
+)
+from screener.sip.transactions import (
+    ClientTransaction,
+    NCState,
+    NSState,
+    ServerInviteTransaction,
+    ServerTransaction,
+    SIState,
+    Timing,
+)
+
+log = logging.getLogger("screener.sip")
+
+MAX_DIALOGS = 256  # beyond this new INVITEs get 503: only this branch ends, the house keeps ringing
+UNTRUSTED_LOG_INTERVAL = 60.0
+UNTRUSTED_SOURCES_MAX = 4096  # untrusted addresses counted (least recently seen forgotten first)
+
+Addr = tuple[str, int]
+
+
+# -- events for the shell ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """An INVITE to hand to the call handler."""
+
+    key: str  # the Call-ID as received: the handle of every command about this call
+    info: IncomingCall
+    requires_100rel: bool
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """The call is over for the handler (its ACK and BYE may still be to come)."""
+
+    key: str
+    reason: str
+    cancel_reason: str | None
+
+
+@dataclass(frozen=True)
+class CallReleased:
+    """Nothing of the call is left but, maybe, a tombstone: the shell may forget it."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class MediaUpdate:
+    """Where the call's RTP goes now (a re-INVITE), and its codec when the ACK brought a late answer."""
+
+    key: str
+    remote: Addr
+    codec: tuple[str, int, int | None] | None = None  # (name, payload, event payload)
+
+
+@dataclass(frozen=True)
+class MediaStop:
+    key: str
+
+
+@dataclass(frozen=True)
+class Digit:
+    key: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An INVITE refused before a handler ran (for its row)."""
+
+    info: IncomingCall
+    code: int
+    why: str
+
+
+Event = NewCall | CallEnded | CallReleased | MediaUpdate | MediaStop | Digit | Rejected | StatusChange | ResolveProvider
+
+
+class SipCore:
+    """One SIP phone line's protocol state. Not thread-safe: the shell serialises the calls into it."""
+
+    def __init__(self, cfg: SipConfig, contact: Contact, *, timing: Timing | None = None,
+                 rng: random.Random | None = None, register: bool = True, ring_limit: float | None = None,
+                 max_dialogs: int = MAX_DIALOGS) -> None:
+        self.cfg = cfg
+        self.timing = timing or Timing()
+        self.rng = rng or random.Random()
+        self.contact = contact
+        self.ring_limit = ring_limit
+        self.max_dialogs = max_dialogs
+        self.register_enabled = register and bool(cfg.server and cfg.username)
+        self.registration: Registration | None = (
+            Registration(cfg, self.timing, contact, self.rng) if self.register_enabled else None)
+        self._register_wanted = register
+        self._dialogs: dict[str, Dialog] = {}
+        self._done: dict[str, Tombstone] = {}  # call-id -> tombstone of an ended call (see _retire)
+        self._client: dict[str, ClientTransaction] = {}  # branch -> a request we sent
+        self._server: dict[str, ServerTransaction] = {}  # see _server_key -> a request we answered
+        self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
+        self._seq = itertools.count()
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: list[Event] = []
+        self.provider_ips: set[str] = set()
+        self._trusted_nets = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_sources]
+        self._untrusted_seen: OrderedDict[str, list[float]] = OrderedDict()  # ip -> [count, last logged]
+        self.untrusted_total = 0
+        self.untrusted_last: tuple[str, float] | None = None  # "ip:port", `now` of the latest
+
+    # -- outputs --
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def next_timer(self) -> float | None:
+        """When handle_timer() is next due (None: nothing pending)."""
+        while self._timers:
+            when, _, kind, key = self._timers[0]
+            if self._timer_of(kind, key) == when:
+                return when
+            heapq.heappop(self._timers)  # a timer that moved or whose owner is gone
+        return None
+
+    # -- state --
+
+    @property
+    def tracked_calls(self) -> int:
+        return len(self._dialogs)
+
+    @property
+    def active_calls(self) -> int:
+        return sum(1 for d in self._dialogs.values() if not d.over)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._done)
+
+    @property
+    def pending_transactions(self) -> int:
+        return len(self._client) + len(self._server)
+
+    def dialog(self, key: str) -> Dialog | None:
+        return self._dialogs.get(key)
+
+    @property
+    def registration_over(self) -> bool:
+        return self.registration is None or self.registration.state is RegState.STOPPED
+
+    # -- the provider and who may talk to us --
+
+    def add_provider_ips(self, ips: set[str]) -> None:
+        self.provider_ips |= ips
+
+    def is_trusted(self, ip: str) -> bool:
+        """Only the provider (and configured ranges) may send us requests."""
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        if ip in self.provider_ips:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted_nets)
+
+    def untrusted_counts(self) -> dict[str, int]:
+        items = list(self._untrusted_seen.items())  # one C call: safe against the socket thread's updates
+        return {ip: int(entry[0]) for ip, entry in items}
+
+    @property
+    def untrusted_sources(self) -> int:
+        return len(self._untrusted_seen)
+
+    def _untrusted(self, addr: Addr, data: bytes, now: float) -> None:
+        ip = addr[0]
+        self.untrusted_total += 1
+        self.untrusted_last = (f"{format_host(ip)}:{addr[1]}", now)
+        entry = self._untrusted_seen.get(ip)
+        if entry is None:
+            entry = self._untrusted_seen[ip] = [0, -1.0]
+            while len(self._untrusted_seen) > UNTRUSTED_SOURCES_MAX:
+                self._untrusted_seen.popitem(last=False)
+        else:
+            self._untrusted_seen.move_to_end(ip)
+        entry[0] += 1
+        if entry[1] >= 0 and now - entry[1] < UNTRUSTED_LOG_INTERVAL:
+            return
+        entry[1] = now
+        word = data[:16].split(b" ", 1)[0].decode("ascii", "replace")
+        what = word if word.isalnum() and word.isupper() else "response" if word.startswith("SIP/") else "?"
+        log.warning("screener: untrusted SIP from %s:%d dropped (%s)", ip, addr[1], what)
+
+    # -- registration commands --
+
+    def start_registration(self, now: float) -> None:
+        if self.registration is not None:
+            self.registration.start(now)
+            self._pump_registration(now)
+        elif self._register_wanted:
+            self._events.append(StatusChange("failed", "no SIP server or user name configured: not registering"))
+
+    def stop_registration(self, now: float) -> None:
+        if self.registration is not None:
+            self.registration.stop(now)
+            self._pump_registration(now)
+
+    def resolved(self, dest: Addr, local: str | None, provider_ips: set[str], now: float) -> None:
+        """The shell's answer to ResolveProvider."""
+        self.provider_ips |= provider_ips
+        if self.registration is not None:
+            self.registration.resolved(dest, local, now)
+            self._pump_registration(now)
+
+    def resolve_failed(self, error: str, provider_ips: set[str], now: float) -> None:
+        self.provider_ips |= provider_ips
+        if self.registration is not None:
+            self.registration.resolve_failed(error, now)
+            self._pump_registration(now)
+
+    def request_rebind(self, reason: str, now: float) -> None:
+        """Register again now (at most once per REBIND_MIN_INTERVAL): the registrar may have lost our binding."""
+        if self.registration is not None and self.registration.rebind(reason, now):
+            self._pump_registration(now)
+
+    def _pump_registration(self, now: float) -> None:
+        reg = self.registration
+        assert reg is not None
+        items, reg.outbox = reg.outbox, []
+        for item in items:
+            if isinstance(item, SendRequest):
+                tx = ClientTransaction(item.data, item.dest, item.branch, self.timing, item.timeout, now)
+                self._client[item.branch] = tx
+                self._send_all(tx.start(), item.dest)
+                self._arm("client", item.branch, tx.timer_at)
+            else:
+                self._events.append(item)
+        self._arm("reg", "", reg.timer_at)
+
+    # -- timers --
+
+    def _arm(self, kind: str, key: str, when: float | None) -> None:
+        if when is not None:
+            heapq.heappush(self._timers, (when, next(self._seq), kind, key))
+
+    def _timer_of(self, kind: str, key: str) -> float | None:
+        obj: Dialog | Tombstone | ClientTransaction | ServerTransaction | Registration | None
+        if kind == "invite":
+            d = self._dialogs.get(key)
+            return d.tx.timer_at if d is not None else None
+        if kind == "dialog":
+            obj = self._dialogs.get(key)
+        elif kind == "tomb":
+            obj = self._done.get(key)
+        elif kind == "client":
+            obj = self._client.get(key)
+        elif kind == "server":
+            obj = self._server.get(key)
+        else:
+            obj = self.registration
+        return obj.timer_at if obj is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at `now`."""
+        while self._timers and self._timers[0][0] <= now:
+            when, _, kind, key = heapq.heappop(self._timers)
+            if self._timer_of(kind, key) != when:
+                continue
+            if kind == "invite":
+                self._invite_timer(self._dialogs[key], now)
+            elif kind == "dialog":
+                self._ring_expired(self._dialogs[key], now)
+            elif kind == "tomb":
+                del self._done[key]
+            elif kind == "client":
+                self._client_timer(self._client[key], now)
+            elif kind == "server":
+                self._server.pop(key).on_timer(now)
+            elif self.registration is not None:
+                self.registration.on_timer(now)
+                self._pump_registration(now)
+
+    def _invite_timer(self, d: Dialog, now: float) -> None:
+        self._send_all(d.tx.on_timer(now), d.addr)
+        self._arm("invite", d.key, d.tx.timer_at)
+        if d.tx.state is not SIState.TERMINATED or not d.tx.timed_out:
+            return
+        if d.state is DState.ANSWERED:  # RFC 3261 13.3.1.4: no ACK for the 2xx -> end with BYE
+            log.info("screener: no ACK for the 200 OK of %s", d.call_id)
+            self._send_bye(d, now)
+            self._end(d, "no_ack", DEvent.NO_ACK, now)
+        elif d.state is DState.ENDED:
+            self._forget(d)  # Timer H: no ACK for the non-2xx final response
+
+    def _ring_expired(self, d: Dialog, now: float) -> None:
+        """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
+        if self._reject(d, 480, "timeout", now):
+            log.warning("screener: call %s was still ringing after %.0f s: ended with 480", d.call_id,
+                        self.ring_limit or 0)
+
+    def _client_timer(self, tx: ClientTransaction, now: float) -> None:
+        self._send_all(tx.on_timer(now), tx.dest)
+        self._arm("client", tx.branch, tx.timer_at)
+        if tx.state is NCState.TERMINATED:
+            del self._client[tx.branch]
+            if tx.timed_out:
+                self._client_result(tx.branch, None, now)
+
+    def _client_result(self, branch: str, resp: Message | None, now: float) -> None:
+        reg = self.registration
+        if reg is not None and reg.owns(branch):
+            reg.on_result(branch, resp, now)
+            self._pump_registration(now)
+
+    # -- incoming datagrams --
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """One datagram from the socket."""
+        addr = (addr[0], addr[1])
+        if not data.strip(b"\r\n\x00 "):
+            return  # keepalive
+        if data.startswith(b"SIP/2.0 "):
+            self._on_response(data, addr, now)
+            return
+        if not self.is_trusted(addr[0]):
+            self._untrusted(addr, data, now)
+            return
+        try:
+            msg = parse(data)
+            if not msg.is_request:
+                return
+            check_request(msg)
+        except VersionError:
+            self._reply_partial(data, addr, 505, "Version Not Supported")
+            return
+        except ParseError as e:
+            self._reply_partial(data, addr, 400, f"Bad Request ({e})"[:80])
+            return
+        method = msg.method.upper()
+        if method not in ("INVITE", "ACK") and msg.branch.startswith("z9hG4bK"):
+            tx = self._server.get(self._server_key(msg))
+            if tx is not None:  # Timer J: a retransmitted request gets the same answer
+                self._send_all([tx.retransmission()], addr)
+                return
+        handler = {
+            "INVITE": self._on_invite, "ACK": self._on_ack, "CANCEL": self._on_cancel, "BYE": self._on_bye,
+            "OPTIONS": self._on_options, "INFO": self._on_info, "UPDATE": self._on_update,
+            "NOTIFY": self._on_notify, "PRACK": self._on_in_dialog_only,
+        }.get(method)
+        if handler is None:
+            # B15: every method gets an answer
+            self._respond(msg, addr, 405, "Method Not Allowed", now, [("allow", ALLOW)])
+            return
+        handler(msg, addr, now)
+
+    def _send_all(self, datagrams: list[bytes], addr: Addr) -> None:
+        self._out.extend((d, addr) for d in datagrams if d)
+
+    def _reply_partial(self, data: bytes, addr: Addr, code: int, reason: str) -> None:
+        """Answer a malformed request when its headers allow a reply at all; else drop it."""
+        try:
+            msg = parse(data, check_length=False)
+            if not msg.is_request or msg.method.upper() == "ACK":
+                return
+            via_sent_by(msg.top_via)  # no Via, no way to answer
+        except ParseError:
+            return
+        reason = "".join(ch if ch.isprintable() else "?" for ch in reason)
+        self._out.append((build_response(msg, addr, code, reason), addr))
+
+    def _respond(self, req: Message, addr: Addr, code: int, reason: str, now: float,
+                 extra: list[tuple[str, str]] | None = None, body: bytes = b"", to_tag: str | None = None) -> None:
+        # B4: replies go to the request's source address and port
+        data = build_response(req, addr, code, reason, extra, body, to_tag)
+        method = req.method.upper()
+        if code >= 200 and method not in ("INVITE", "ACK") and req.branch.startswith("z9hG4bK"):
+            tx = ServerTransaction(req.branch, method, self.timing)
+            key = self._server_key(req)
+            self._server[key] = tx
+            self._send_all(tx.respond(data, now), addr)
+            self._arm("server", key, tx.timer_at)
+            return
+        self._out.append((data, addr))
+
+    @staticmethod
+    def _server_key(req: Message) -> str:
+        # RFC 3261 17.2.3 matches branch, sent-by and method; the Call-ID and CSeq are added because some
+        # senders (and the RFC 4475 torture messages) reuse a branch for different requests
+        return f"{req.branch} {req.method.upper()} {req.call_id} {req.get('cseq')}"
+
+    def _in_dialog(self, msg: Message) -> Dialog | None:
+        d = self._dialogs.get(msg.call_id)
+        if d is None:
+            return None
+        return d if name_addr(msg.get("to") or "").tag == d.to_tag else None
+
+    def _is_our_contact(self, uri: str) -> bool:
+        """Whether a Request-URI names the host and port we registered (the user part providers rewrite)."""
+        if not self.contact.host:
+            return True
+        try:
+            u = parse_uri(uri)
+        except ParseError:
+            return True
+        return u.host.strip("[]").lower() == self.contact.host.lower() and (u.port or 5060) == self.contact.port
+
+    def _on_invite(self, msg: Message, addr: Addr, now: float) -> None:
+        to_tag = name_addr(msg.get("to") or "").tag
+        d = self._dialogs.get(msg.call_id)
+        if d is None and not to_tag and (done := self._done.get(msg.call_id)) is not None:
+            if msg.branch == done.branch:
+                self._out.append((done.response, addr))  # a late retransmission: the same final response again
+            else:
+                self._respond(msg, addr, 482, "Loop Detected", now)
+            return
+        if to_tag:
+            if d is not None and to_tag == d.to_tag and d.state in (DState.ANSWERED, DState.CONFIRMED):
+                self._reinvite(d, msg, addr, now)
+            else:
+                self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+            return
+        if d is not None:
+            if msg.branch == d.invite.branch:
+                self._send_all([d.tx.last_response], addr)  # a retransmitted INVITE gets our last response
+            else:
+                self._respond(msg, addr, 482, "Loop Detected", now)
+            return
+        from_provider = self.is_trusted(addr[0])
+        if self.active_calls >= self.max_dialogs:
+            info = incoming_info(msg, addr, from_provider)
+            self._respond(msg, addr, 503, "Service Unavailable", now, [("retry-after", "30")],
+                          to_tag=token(self.rng, 6))
+            self._events.append(Rejected(info, 503, f"more than {self.max_dialogs} calls at once"))
+            return
+        # Nothing is refused before the rules have spoken (a blocked caller must be declined whatever its
+        # INVITE requires or offers); what we cannot serve only means we will not answer it.
+        offer, cannot = servable(msg)
+        if not self._is_our_contact(msg.uri):
+            self.request_rebind(f"INVITE for {msg.uri[:80]}, not our contact", now)
+        info = incoming_info(msg, addr, from_provider, cannot)
+        tx = ServerInviteTransaction(msg.branch, self.timing)
+        d = Dialog(info, msg, addr, token(self.rng, 6), self.rng.randrange(1, 10000), tx, offer)
+        self._dialogs[d.key] = d
+        self._send_all(tx.respond(100, build_response(msg, addr, 100, "Trying"), now), addr)
+        # B2: the handler starts now, and nothing is sent on its behalf but 100 Trying
+        self._events.append(NewCall(d.key, info, d.requires_100rel))
+        if self.ring_limit:
+            d.ring_deadline = now + self.ring_limit
+            self._arm("dialog", d.key, d.ring_deadline)
+
+    def _on_ack(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._dialogs.get(msg.call_id)
+        if d is None:
+            return
+        if d.state is DState.ANSWERED:
+            d.tx.ack(now)
+            d.go(DEvent.ACK)  # stops the 200 OK retransmissions
+            body = sdp_body(msg)
+            if body and d.has_media and d.offer is None:
+                self._late_answer(d, body)
+            if d.bye_pending:
+                self._send_bye(d, now)
+                self._end(d, "hangup", DEvent.BYE_OUT, now)
+        elif d.state is DState.ENDED and d.tx.state is SIState.COMPLETED:
+            d.tx.ack(now)
+            self._retire(d, now + self.timing.t4)  # RFC 3261 17.2.1: Timer I after the ACK
+
+    def _late_answer(self, d: Dialog, body: bytes) -> None:
+        """A late offer's answer arrives in the ACK: take its codec and address."""
+        try:
+            sdp = parse_sdp(body)
+        except ParseError:
+            return
+        choice = choose_codec(sdp)
+        if choice is None:
+            return
+        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port), (choice[0], choice[1], sdp.event_payload())))
+
+    def _on_cancel(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._dialogs.get(msg.call_id)
+        if d is None or msg.cseq[0] != d.invite.cseq[0]:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # B15
+            return
+        self._respond(msg, addr, 200, "OK", now, to_tag=d.to_tag)
+        if d.state is DState.ANSWERED and d.end_reason is None:
+            # our 200 crossed the CANCEL: the caller gave up here (or took another branch) before it
+            # arrived. The dialog still gets its ACK and a BYE, but nothing is played into it.
+            d.cancel_reason = msg.get("reason")
+            d.bye_pending = True
+            self._end(d, "cancelled", None, now)
+            return
+        if d.state is not DState.RINGING:
+            return  # already rejected or confirmed: CANCEL has no effect
+        d.cancel_reason = msg.get("reason")
+        # B3: the INVITE gets its 487 and the call can never be answered afterwards
+        self._reject(d, 487, "cancelled", now)
+
+    def _on_bye(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._in_dialog(msg)
+        if d is None or d.state not in (DState.ANSWERED, DState.CONFIRMED):
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # B15: unknown BYE is 481
+            return
+        self._respond(msg, addr, 200, "OK", now)
+        self._end(d, "bye", DEvent.BYE_IN, now)
+
+    def _on_options(self, msg: Message, addr: Addr, now: float) -> None:
+        # B15: providers and the FRITZ!Box ping with OPTIONS and drop devices that stay silent
+        self._respond(msg, addr, 200, "OK", now, [("allow", ALLOW), ("accept", "application/sdp"),
+                                                   ("contact", self.contact.header())])
+
+    def _on_info(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._in_dialog(msg)
+        if d is None:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+            return
+        self._respond(msg, addr, 200, "OK", now)
+        self._events.extend(Digit(d.key, key) for key in dtmf_relay_keys(msg))
+
+    def _on_update(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._in_dialog(msg)
+        if d is None:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+            return
+        body = d.local_sdp if sdp_body(msg) else b""
+        extra = [("contact", self.contact.header())] + ([("content-type", "application/sdp")] if body else [])
+        self._respond(msg, addr, 200, "OK", now, extra, body)
+
+    def _on_notify(self, msg: Message, addr: Addr, now: float) -> None:
+        self._respond(msg, addr, 200, "OK", now)  # unsolicited NOTIFY (message waiting) from routers
+
+    def _on_in_dialog_only(self, msg: Message, addr: Addr, now: float) -> None:
+        self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+
+    def _reinvite(self, d: Dialog, msg: Message, addr: Addr, now: float) -> None:
+        # B14: session refreshes are answered with the SDP we already use
+        body = sdp_body(msg)
+        if body and d.has_media:
+            try:
+                sdp = parse_sdp(body)
+                self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port)))
+            except ParseError:
+                pass
+        self._out.append((build_response(msg, addr, 200, "OK", [("contact", self.contact.header()),
+                                                                  ("content-type", "application/sdp")],
+                                         d.local_sdp, to_tag=d.to_tag), addr))
+
+    def _on_response(self, data: bytes, addr: Addr, now: float) -> None:
+        try:
+            msg = parse(data)
+        except ParseError:
+            return
+        # B17: a response belongs to the request whose branch it carries; anything else is not its answer
+        tx = self._client.get(msg.branch)
+        if tx is None:
+            if not self.is_trusted(addr[0]):
+                self._untrusted(addr, data, now)
+            return
+        final = tx.on_response(msg.status, now)
+        self._arm("client", tx.branch, tx.timer_at)
+        if final:
+            self._client_result(tx.branch, msg, now)
+
+    # -- commands of the call handler (through the shell) --
+
+    def ring(self, key: str, now: float) -> bool:
+        """180 Ringing; False when the call is no longer ringing."""
+        d = self._dialogs.get(key)
+        if d is None or d.state is not DState.RINGING:
+            return False
+        # B18: our own Contact, and the Record-Route the dialog needs
+        extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set]
+        data = build_response(d.invite, d.addr, 180, "Ringing", extra, to_tag=d.to_tag)
+        self._send_all(d.tx.respond(180, data, now), d.addr)
+        return True
+
+    def decline(self, key: str, code: int, now: float, why: str = "declined") -> bool:
+        """A final non-2xx while ringing; False when the call is no longer ringing."""
+        d = self._dialogs.get(key)
+        return d is not None and self._reject(d, code, why, now)
+
+    def answer_plan(self, key: str, now: float) -> AnswerPlan | None:
+        """What answering takes (the shell binds an RTP port for it); None when the call cannot be answered."""
+        d = self._dialogs.get(key)
+        if d is None or d.state is not DState.RINGING or d.info.cannot_serve:
+            return None  # B3: a cancelled (or declined) call is never answered; nor one we cannot serve
+        plan = answer_plan(d.offer)
+        if plan is None:
+            self._reject(d, 488, "error", now)
+        return plan
+
+    def answer(self, key: str, plan: AnswerPlan, rtp_port: int, now: float) -> bool:
+        """Send 200 OK with our SDP (media on `rtp_port`); False when the call stopped ringing meanwhile."""
+        d = self._dialogs.get(key)
+        if d is None or d.state is not DState.RINGING:
+            return False
+        d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, self.rng.randrange(1, 2**31))
+        d.has_media = True
+        d.go(DEvent.ANSWER)
+        self._final(d, 200, [("content-type", "application/sdp")], d.local_sdp, now)
+        return True
+
+    def hangup(self, key: str, now: float, immediate: bool = False) -> None:
+        """End the call: BYE when answered (after its ACK, B5), 480 while still ringing."""
+        d = self._dialogs.get(key)
+        if d is None:
+            return
+        if d.state is DState.RINGING:
+            self._reject(d, 480, "hangup", now)
+        elif d.state is DState.ANSWERED and not immediate:
+            d.bye_pending = True  # B5: the BYE waits for the ACK of our 200
+            self._end(d, "hangup", None, now)
+        elif d.state in (DState.ANSWERED, DState.CONFIRMED):
+            self._send_bye(d, now)
+            self._end(d, "hangup", DEvent.BYE_OUT, now)
+
+    def handler_done(self, key: str, now: float) -> None:
+        """The handler returned: whatever it did, the INVITE gets a final response and an answered call its BYE."""
+        d = self._dialogs.get(key)
+        if d is None:
+            return
+        if d.state is DState.RINGING:
+            self._reject(d, 480, "error", now)
+        elif d.state in (DState.ANSWERED, DState.CONFIRMED) and d.end_reason is None:
+            self.hangup(key, now)
+
+    def stop_calls(self, now: float) -> None:
+        """The agent stops: every call ends at once (480 or BYE)."""
+        for d in list(self._dialogs.values()):
+            if not d.over:
+                self.hangup(d.key, now, immediate=True)
+                self._end(d, "stopped", DEvent.STOP, now)
+
+    # -- the INVITE's responses and the end of a call --
+
+    def _reject(self, d: Dialog, code: int, why: str, now: float) -> bool:
+        if d.state is not DState.RINGING:
+            return False
+        self._final(d, code, [], b"", now)
+        self._end(d, why, DEvent.REJECT, now)
+        return True
+
+    def _final(self, d: Dialog, code: int, extra: list[tuple[str, str]], body: bytes, now: float) -> None:
+        """A final response to the INVITE, retransmitted until the ACK (B5)."""
+        if code < 300:
+            extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set] + extra
+        reason = "OK" if code == 200 else REASONS.get(code, "Decline")
+        data = build_response(d.invite, d.addr, code, reason, extra, body, to_tag=d.to_tag)
+        self._send_all(d.tx.respond(code, data, now), d.addr)
+        self._arm("invite", d.key, d.tx.timer_at)
+
+    def _send_bye(self, d: Dialog, now: float) -> None:
+        d.bye_pending = False
+        branch = new_branch(self.rng)
+        data = bye_request(d, self.contact, branch)
+        proxy = split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
+        dest = bye_destination(d, proxy)
+        tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
+        self._client[branch] = tx
+        self._send_all(tx.start(), dest)
+        self._arm("client", branch, tx.timer_at)
+
+    def _end(self, d: Dialog, reason: str, event: DEvent | None, now: float) -> None:
+        """Over for the handler; with `event` the dialog itself ends (else it waits for the ACK, then BYE)."""
+        # B1: every way a call ends (decline included) releases its media and, later, its record
+        if d.end_reason is None:
+            d.end(reason)
+            self._events.append(CallEnded(d.key, d.end_reason or reason, d.cancel_reason))
+        if d.has_media:
+            d.has_media = False
+            self._events.append(MediaStop(d.key))
+        if event is None or d.state is DState.ENDED:
+            return
+        d.go(event)
+        if d.tx.state not in (SIState.COMPLETED, SIState.ACCEPTED):
+            # a final response still being retransmitted ends the record itself (at its ACK, or at Timer H);
+            # otherwise the call is over: a tombstone absorbs retransmitted requests for 64*T1 (Timer J)
+            self._retire(d, now + 64 * self.timing.t1)
+
+    def _retire(self, d: Dialog, until: float) -> None:
+        """The call is over and nothing waits for its ACK: keep only what a retransmission needs until `until`."""
+        # The full record (parsed INVITE, SDP, queues: 7 KB and more) goes now; a ~0.6 KB tombstone answers a
+        # retransmitted INVITE with the same final response (482 to a new branch) until `until`. Keeping
+        # whole records for 64*T1 held 3200 of them at 100 INVITE/s (bench_sip "load").
+        self._forget(d)
+        self._done[d.key] = Tombstone(d.invite.branch, d.tx.last_response, until)
+        self._arm("tomb", d.key, until)
+
+    def _forget(self, d: Dialog) -> None:
+        if self._dialogs.get(d.key) is d:
+            del self._dialogs[d.key]
+            d.tx.terminate()
+            self._events.append(CallReleased(d.key))
+
+
+__all__ = ["MAX_DIALOGS", "AnswerPlan", "CallEnded", "CallReleased", "Digit", "Event", "MediaStop", "MediaUpdate",
+           "NSState", "NewCall", "Rejected", "ResolveProvider", "SipCore", "StatusChange"]
