@@ -505,7 +505,11 @@ class SipCore:
             self.request_rebind(f"INVITE for {msg.uri[:80]}, not our contact", now)
         info = incoming_info(msg, addr, from_provider, cannot)
         tx = ServerInviteTransaction(msg.branch, self.timing)
-        d = Dialog(info, msg, addr, token(self.rng, 6), self.rng.randrange(1, 10000), tx, offer)
+        try:
+            d = Dialog(info, msg, addr, token(self.rng, 6), self.rng.randrange(1, 10000), tx, offer)
+        except ParseError as e:  # a Contact (or From) we could never send the BYE to
+            self._respond(msg, addr, 400, f"Bad Request ({e})"[:80], now)
+            return
         self._dialogs[d.key] = d
         self._send_all(tx.respond(100, build_response(msg, addr, 100, "Trying"), now), addr)
         # B2: the handler starts now, and nothing is sent on its behalf but 100 Trying
