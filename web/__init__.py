@@ -72,6 +72,9 @@ def _errors(app: Flask) -> None:
         app.register_error_handler(code, lambda e, code=code: page(code, e.description))
 
 
+SERVE_THREADS = 2  # a household's dashboard: one page and its assets at a time; each idle thread costs RSS
+
+
 def make_server(cfg: Config, *, store: Store | None = None, app: Flask | None = None, threads: int = 8) -> Any:
     """A bound, not yet running waitress server for the dashboard; `.effective_port` is the real port."""
     from waitress import create_server
@@ -83,7 +86,7 @@ def make_server(cfg: Config, *, store: Store | None = None, app: Flask | None = 
 
 def serve(cfg: Config, *, store: Store | None = None, stop: threading.Event | None = None) -> None:
     """Run the dashboard under waitress until `stop` is set (or for ever); blocks the calling thread."""
-    server = make_server(cfg, store=store)
+    server = make_server(cfg, store=store, threads=SERVE_THREADS)
     log.info("dashboard on http://%s:%s/", server.effective_host, server.effective_port)
     if stop is not None:
         threading.Thread(target=_stop_when_set, args=(server, stop), name="web-stop", daemon=True).start()
