@@ -256,7 +256,9 @@ def param(text: str, name: str) -> str | None:
 
 
 def _split_semis(text: str) -> list[str]:
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted
@@ -448,7 +450,7 @@ def parse_sdp(body: bytes) -> Sdp:
     address = str(audio["c"] or session_c)
     if not address:
         raise ParseError("no connection address in SDP")
-    return Sdp(address, int(audio["port"]), str(audio["proto"]), audio["pts"],  # type: ignore[arg-type]
+    return Sdp(address, int(audio["port"]), str(audio["proto"]), audio["pts"],  # type: ignore[arg-type, call-overload]
                dict(audio["rtpmap"]), str(audio["dir"]))  # type: ignore[call-overload]
 
 
