@@ -250,3 +250,23 @@ def test_every_output_parses():
                           PROVIDER, 0.0)
     out = core.datagrams_to_send()
     assert [parse(d).status for d, _ in out] == [100, 400]
+
+
+@pytest.mark.parametrize("module", ["transactions", "dialogs", "registration", "core"])
+def test_the_core_modules_do_no_io(module):
+    # sans-I/O: no socket, thread, clock or OS randomness in the core; only the shell has them
+    import ast
+    from pathlib import Path
+
+    import screener.sip
+
+    path = Path(screener.sip.__file__).parent / f"{module}.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    banned = {"socket", "select", "selectors", "threading", "time", "asyncio", "secrets", "subprocess", "os",
+              "screener.sip.shell", "screener.sip.agent", "screener.sip.media", "screener.sip.resolve"}
+    assert not imported & banned

@@ -1,7 +1,8 @@
 """SIP for screener: registration at the provider, incoming calls as plain values, G.711 media.
 
-`agent` owns the socket and the protocol, `message` and `auth` are pure, `media` is the one module that
-imports pyVoIP (for its RTP session state) and fixes the RTP bugs listed in PYVOIP.md.
+`core` (with `transactions`, `dialogs`, `registration`, `message`, `auth`) is the protocol, pure: datagrams,
+times and commands in, datagrams and events out. `shell` is the I/O around it (the socket, the threads, the
+clock, DNS, the RTP sockets); `agent` re-exports its names. `media` is the one module that imports pyVoIP.
 """
 
 from screener.sip.shell import Call, IncomingCall, RegStatus, SipAgent, Timing
