@@ -899,8 +899,9 @@ class SipAgent:
         if call is None or msg.cseq[0] != call.invite.cseq[0]:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist")  # B15
             return
-        self._respond(msg, addr, 200, "OK", to_tag=call.to_tag)
         with self._lock:
+            # inside the lock: either the CANCEL wins (487) or our 200 to the INVITE left before its 200
+            self._respond(msg, addr, 200, "OK", to_tag=call.to_tag)
             if call.state == "answered" and call.end_reason is None:
                 # our 200 crossed the CANCEL: the caller gave up here (or took another branch) before it
                 # arrived. The dialog still gets its ACK and a BYE, but nothing is played into it.
