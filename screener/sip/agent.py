@@ -452,6 +452,8 @@ class SipAgent:
             calls = list(self._calls.values())
         for call in calls:
             if not call.ended:
+                with self._lock:
+                    call.end_reason = call.end_reason or "stopped"  # what the handler reports: interrupted
                 self._hangup(call, immediate=True)
                 self._end(call, "stopped")
         self._closing.set()
