@@ -1299,7 +1299,7 @@ class SipAgent:
             if code in (401, 407) and auth_tries < 2:
                 header = "www-authenticate" if code == 401 else "proxy-authenticate"
                 try:
-                    challenge = auth.parse_challenge(resp.get(header) or "")
+                    challenge = auth.best_challenge(resp.get_all(header))
                 except ValueError as e:
                     return False, f"{code} {resp.reason}: {e}", None, None
                 stale = challenge.get("stale", "").lower() == "true"
