@@ -252,13 +252,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         except OSError as e:
             raise CliError(f"{args.file}: {e.strerror}", 1) from None
         report = csvio.parse_csv(data, region)
-        with st.write() as s:
-            n = store.bulk_put(s, args.list, report.rows, source="import")
+        # the same batched import as the dashboard: a running service's call rows never wait for it long
+        res = csvio.import_rows(st, args.list, report.rows, source="import")
         for line, reason in report.errors:
             print(f"{args.file}:{line}: {reason}", file=sys.stderr)
-        print(f"imported {n} entries into the {args.list} list"
+        if res.error:
+            print(f"{args.file}: the import stopped after {res.imported} of {res.total} entries: {res.error}",
+                  file=sys.stderr)
+        print(f"imported {res.imported} entries into the {args.list} list"
               + (f"; {len(report.errors)} bad rows skipped" if report.errors else ""))
-        return 1 if report.errors else 0
+        return 1 if report.errors or res.error else 0
     if sub == "export":
         with st.read() as s:
             entries = s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern))

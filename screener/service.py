@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
-from screener import audio, store
+from screener import audio, health, store
 from screener.calllog import CallLog, Row
 from screener.config import Config
 from screener.numbers import Caller, parse_caller
@@ -34,7 +34,6 @@ VOICEMAIL_SILENCE_S = 5.0  # a recording ends after this long without speech
 MIN_VOICEMAIL_S = 1.0  # shorter recordings are not kept
 JOURNAL_NAME = "calls.journal"  # in the data folder (see screener.calllog)
 SNAPSHOT_MAX = 20_000  # list entries kept in memory for deciding while the database is away
-SNAPSHOT_AGE_S = 60.0
 RECENT_MAX = 1024
 RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
 
@@ -108,48 +107,60 @@ def phonebook_decision(caller: Caller, decision: Decision, spam_prefixes: tuple[
 class RulesSnapshot:
     """The rules as last read, to decide from while the database cannot be read (PostgreSQL restarting).
 
-    Lists up to SNAPSHOT_MAX entries are kept whole (a household's lists and presets: well under 1 MiB); a
-    larger one only as the rules of the last RECENT_MAX callers. Refreshed after calls, at most every
-    SNAPSHOT_AGE_S seconds.
+    Lists up to SNAPSHOT_MAX entries are kept whole (a household's lists and presets: well under 1 MiB) and
+    read again whenever their fingerprint changes (checked every few seconds; one aggregate query). The rules
+    each caller's own lookup returned are kept too, for the last RECENT_MAX callers: the fresher of the two
+    answers, and the only one for lists too large to keep whole.
     """
 
     def __init__(self) -> None:
         self._all: dict[str, Rule] | None = None
-        self._read_at = -SNAPSHOT_AGE_S
-        self._recent: OrderedDict[str, tuple[Rule, ...]] = OrderedDict()
+        self._all_at = -1.0
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._recent: OrderedDict[str, tuple[float, tuple[Rule, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def due(self, now: float) -> bool:
-        return now - self._read_at >= SNAPSHOT_AGE_S
-
     def refresh(self, db: store.Store, now: float) -> None:
-        """Read the lists again (whole when they are small); raises when the database cannot be read."""
-        self._read_at = now
+        """Read the lists again when they changed; raises when the database cannot be read."""
         entries = store.ListEntry.__table__
         with db.read() as s:
             count = s.execute(select(func.count()).select_from(
                 select(entries.c.id).limit(SNAPSHOT_MAX + 1).subquery())).scalar_one()
             if count > SNAPSHOT_MAX:
-                self._all = None
+                self._all, self._fingerprint = None, None
+                return
+            fingerprint = tuple(s.execute(_FINGERPRINT).one())
+            if fingerprint == self._fingerprint:
                 return
             got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry))}
-        self._all = got
+        with self._lock:
+            self._all, self._all_at, self._fingerprint = got, now, fingerprint
 
-    def remember(self, caller: Caller, rules: tuple[Rule, ...]) -> None:
-        if self._all is not None or not caller.e164:
+    def remember(self, caller: Caller, rules: tuple[Rule, ...], now: float) -> None:
+        if not caller.e164:
             return
         with self._lock:
-            self._recent[caller.e164] = rules
+            self._recent[caller.e164] = (now, rules)
             self._recent.move_to_end(caller.e164)
             if len(self._recent) > RECENT_MAX:
                 self._recent.popitem(last=False)
 
     def rules_for(self, caller: Caller) -> tuple[Rule, ...] | None:
         """The rules that matched `caller` when last read; None when they are not known."""
-        if self._all is not None:
-            return tuple(r for p in candidate_patterns(caller) if (r := self._all.get(p)) is not None)
         with self._lock:
-            return self._recent.get(caller.e164 or "")
+            at, rules = self._recent.get(caller.e164 or "", (-1.0, None))
+            if self._all is not None and self._all_at >= at:
+                return tuple(r for p in candidate_patterns(caller) if (r := self._all.get(p)) is not None)
+            return rules
+
+
+# Changes whenever an entry is added, removed, moved to another list or given another time window.
+_FINGERPRINT = text(
+    "SELECT count(*), coalesce(max(id), 0),"
+    " coalesce(sum(id * CASE list WHEN 'block' THEN 2 WHEN 'allow' THEN 3 ELSE 5 END), 0),"
+    " coalesce(sum(id * coalesce(days, 255)), 0),"
+    " coalesce(sum(id * CAST(replace(coalesce(time_from, '0') || coalesce(time_to, '0'), ':', '') AS BIGINT)), 0)"
+    " FROM list_entries")
 
 
 @dataclass
@@ -199,10 +210,9 @@ class CallHandler:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
-        if self.snapshot.due(time.monotonic()):
-            self._refresh_snapshot()  # after the call: never on its path
 
-    def _refresh_snapshot(self) -> None:
+    def refresh_rules(self) -> None:
+        """Read the lists again if they changed (never on a call's path: the service's heartbeat does it)."""
         try:
             self.snapshot.refresh(self.db, time.monotonic())
         except Exception as e:
@@ -302,7 +312,7 @@ class CallHandler:
             log.error("screener: cannot read the rules (%s): deciding from %s", _first_line(e),
                       "the last rules read" if known is not None else f"on_database_error = {fallback!r}")
             return RuleSet(known or (), self.sc.region, self.tz, fallback)  # type: ignore[arg-type]
-        self.snapshot.remember(caller, rules.rules)
+        self.snapshot.remember(caller, rules.rules, time.monotonic())
         return rules
 
     # -- the row --
@@ -477,6 +487,7 @@ class Service:
         self.handler: CallHandler | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._heartbeat: health.Heartbeat | None = None
 
     def start(self) -> None:
         """Open the database, recover what the last run left, load prompts, bind the SIP port, register.
@@ -499,11 +510,19 @@ class Service:
         if not calllog.flush(5.0):
             log.warning("screener: the database does not answer yet: call rows are journalled until it does")
         self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
-        self.handler._refresh_snapshot()
+        self.handler.refresh_rules()
         factory = self._agent_factory or SipAgent
         self.agent = factory(cfg.sip, self.handler, self._on_status, on_reject=self.handler.rejected,
                              ring_limit=cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
         self.agent.start()
+        agent_state = health.agent_snapshot(self.agent)
+        handler = self.handler
+
+        def beat() -> health.Snapshot:
+            handler.refresh_rules()  # the service's one periodic chore besides the beat itself
+            return agent_state()
+
+        self._heartbeat = health.Heartbeat(db, beat).start()
 
     def _on_status(self, st: Any) -> None:
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))
@@ -525,6 +544,9 @@ class Service:
             if self.handler is not None:
                 self.handler.wait_idle(1.0)
                 self.handler.close(1.5)  # what the database does not take now stays in the journal
+            if self._heartbeat is not None:
+                self._heartbeat.stop("stopped")
+                self._heartbeat = None
             self._on_status_value("stopped", "")
         if self._db is not None:
             self._db.dispose()

@@ -294,9 +294,10 @@ def test_list_export_to_a_file_and_to_stdout(run, tmp_path: Path) -> None:
     out_file = tmp_path / "lists.csv"
     assert run("list", "export", str(out_file)) == (0, "", "")
     text = out_file.read_bytes().decode("utf-8")
-    assert text == ("list,pattern,label,days,from,to,source,hits,last_hit\r\n"
-                    "block,'+390212345678,'=cmd(),mon-fri,09:00,18:00,user,0,\r\n"
-                    'screen,class:foreign,"abroad, far",,,,user,0,\r\n')
+    # every cell quoted; a formula neutralised; a plain +number stays a readable number
+    assert text == ('"list","pattern","label","days","from","to","source","hits","last_hit"\r\n'
+                    '"block","+390212345678","\'=cmd()","mon-fri","09:00","18:00","user","0",""\r\n'
+                    '"screen","class:foreign","abroad, far","","","","user","0",""\r\n')
     status, out, err = run("list", "export", "-")
     assert (status, out, err) == (0, text, "")
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
-from screener.csvio import EXPORT_COLUMNS, decode, entry_row, export_csv, neutralise, parse_csv
+from screener import store
+from screener.csvio import (
+    EXPORT_COLUMNS,
+    IMPORT_BATCH,
+    decode,
+    entry_row,
+    export_csv,
+    import_rows,
+    neutralise,
+    parse_csv,
+)
 from screener.rules import Window, make_window
 
 MILAN, ROME_FIX, MOBILE, FR = "+390212345678", "+390612345678", "+393471234567", "+33142685300"
@@ -226,3 +240,49 @@ def test_export_then_import_keeps_patterns_and_labels() -> None:
 def test_export_of_nothing_is_the_header() -> None:
     assert export_csv([]) == ",".join(f'"{c}"' for c in EXPORT_COLUMNS) + "\r\n"
     assert parse_csv(export_csv([]), "IT").rows == []
+
+
+# --- import in batches ----------------------------------------------------------------------------------
+
+
+class FailingStore:
+    """A store whose `fail_at`-th write transaction fails, as a full disk or a dropped connection would."""
+
+    def __init__(self, real: store.Store, fail_at: int) -> None:
+        self.real, self.fail_at, self.writes = real, fail_at, 0
+
+    @contextmanager
+    def write(self) -> Iterator[object]:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        with self.real.write() as s:
+            yield s
+
+
+def _rows(n: int) -> list[tuple[str, str]]:
+    return [(f"+3902{i:08d}", f"label {i}") for i in range(n)]
+
+
+@pytest.mark.parametrize(("n", "batch", "batches"), [(0, 3, 0), (1, 3, 1), (6, 3, 2), (7, 3, 3),
+                                                     (IMPORT_BATCH + 1, None, 2)])
+def test_import_rows_commits_each_batch_on_its_own(st: store.Store, n: int, batch: int | None,
+                                                   batches: int) -> None:
+    commits: list[int] = []
+    event.listen(st.engine, "commit", lambda conn: commits.append(1))
+    pauses: list[float] = []
+    result = import_rows(st, "block", _rows(n), source="t", batch=batch, sleep=pauses.append)
+    assert (result.imported, result.total, result.batches, result.error) == (n, n, batches, "")
+    assert len(commits) == batches and len(pauses) == max(batches - 1, 0)
+    assert all(0 <= p <= 0.1 for p in pauses) and result.max_lock_s >= max(pauses, default=0)
+    with st.read() as s:
+        assert s.scalar(select(func.count()).select_from(store.ListEntry)) == n
+
+
+def test_import_rows_reports_how_far_it_got_when_the_database_fails(st: store.Store) -> None:
+    result = import_rows(FailingStore(st, fail_at=3), "block", _rows(10), source="t", batch=4,
+                         sleep=lambda s: None)
+    assert (result.imported, result.total, result.batches) == (8, 10, 2)
+    assert result.error == "database or disk is full"
+    with st.read() as s:
+        assert s.scalar(select(func.count()).select_from(store.ListEntry)) == 8

@@ -434,6 +434,26 @@ def test_unreadable_database_fails_open(write_config, setting, expected):
         db.dispose()
 
 
+def test_rules_snapshot_follows_list_changes(st):
+    from screener.service import RulesSnapshot
+
+    snap = RulesSnapshot()
+    caller = parse_caller("<sip:0212345678@fritz.box>", "IT")
+    snap.refresh(st, 1.0)
+    assert snap.rules_for(caller) == ()
+    with st.write() as s:
+        store.put_entry(s, "block", "+39021*")
+    snap.refresh(st, 2.0)
+    assert [r.list for r in snap.rules_for(caller)] == ["block"]
+    with st.write() as s:
+        store.put_entry(s, "allow", "+39021*")  # moved to another list: same count, same ids
+    snap.refresh(st, 3.0)
+    assert [r.list for r in snap.rules_for(caller)] == ["allow"]
+    # a caller's own lookup after the last refresh is the fresher answer
+    snap.remember(caller, (), 4.0)
+    assert snap.rules_for(caller) == ()
+
+
 def test_unreadable_database_uses_the_last_rules_read(write_config):
     cfg = config.load(write_config(""))
     db = RaisingStore(cfg.database_url)

@@ -270,3 +270,18 @@ def test_the_core_modules_do_no_io(module):
     banned = {"socket", "select", "selectors", "threading", "time", "asyncio", "secrets", "subprocess", "os",
               "screener.sip.shell", "screener.sip.agent", "screener.sip.media", "screener.sip.resolve"}
     assert not imported & banned
+
+
+def test_stop_ends_calls_as_stopped_with_480_or_bye():
+    core = make_core()
+    core.receive_datagram(invite("ringing"), PROVIDER, 0.0)
+    core.receive_datagram(invite("talking"), PROVIDER, 0.0)
+    core.answer("talking", core.answer_plan("talking", 0.0), 41000, 0.0)
+    ok = [m for m, _ in sent(core) if m.status == 200][0]
+    core.receive_datagram(ack("talking", ok), PROVIDER, 0.1)
+    core.events()
+    core.stop_calls(1.0)
+    out = sent(core)
+    assert sorted((m.call_id, m.status or m.method) for m, _ in out) == [("ringing", 480), ("talking", "BYE")]
+    ended = {e.key: e.reason for e in core.events() if isinstance(e, CallEnded)}
+    assert ended == {"ringing": "stopped", "talking": "stopped"}

@@ -174,6 +174,32 @@ def test_wrong_password_is_reported_not_looped(registrar):
         assert st.wait("failed").last_error == "401 Unauthorized: wrong user name or password?"
 
 
+def test_the_strongest_of_several_challenges_is_answered(registrar):
+    st = Statuses()
+    with running_agent(registrar, Recorder(), register=True, on_status=st, username="u", password="pw"):
+        req = registrar.expect(method("REGISTER"))
+        registrar.send(reply(req, 401, "Unauthorized",
+                             'WWW-Authenticate: Digest realm="r", nonce="n1", algorithm=MD5\r\n'
+                             'WWW-Authenticate: Digest realm="r", nonce="n2", algorithm=SHA-256, qop="auth"'),
+                       req_source(req))
+        req = registrar.expect(method("REGISTER"))
+        got = auth.parse_challenge(req.get("authorization"))
+        assert (got["algorithm"], got["nonce"]) == ("SHA-256", "n2")
+        chal = {"realm": "r", "nonce": "n2", "algorithm": "SHA-256", "qop": "auth"}
+        expected = auth.authorization(chal, "REGISTER", got["uri"], "u", "pw", int(got["nc"], 16), got["cnonce"])
+        assert auth.parse_challenge(expected)["response"] == got["response"]
+
+
+def test_an_unsupported_algorithm_is_named_not_blamed_on_the_password(registrar):
+    st = Statuses()
+    with running_agent(registrar, Recorder(), register=True, on_status=st):
+        req = registrar.expect(method("REGISTER"))
+        registrar.send(reply(req, 401, "Unauthorized", 'WWW-Authenticate: Digest realm="r", nonce="n", '
+                             "algorithm=SHA3-256"), req_source(req))
+        error = st.wait("failed").last_error
+        assert "SHA3-256" in error and "password" not in error
+
+
 def test_silent_registrar_is_retried_with_backoff_for_ever(registrar):
     # never a permanent FAILED: pyVoIP gives up after 3 failures
     st = Statuses()

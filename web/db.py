@@ -66,6 +66,11 @@ def cached(key: Hashable, ttl: float, compute: Callable[[], T]) -> T:
     return cache.get(key, ttl, compute)
 
 
+def clear_cache() -> None:
+    """Forget cached aggregates: this process changed data outside the request's session."""
+    current_app.extensions["screener.cache"].clear()
+
+
 def config() -> Config:
     return current_app.extensions["screener.config"]  # type: ignore[no-any-return]
 

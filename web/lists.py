@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from screener import csvio
 from screener.presets import PRESETS
 from screener.rules import ACTIONS, CLASSES, format_days, make_window, normalize_pattern, window_from_mask
-from screener.store import Call, ListEntry, bulk_put, put_entry, remove_entry, utcnow
+from screener.store import Call, ListEntry, put_entry, remove_entry, utcnow
 from web import db
 from web.auth import _safe_next
 from web.calls import text_arg
@@ -251,18 +251,23 @@ def preset() -> Response:
 
 
 @bp.post("/import")
+@db.read_only
 def import_csv() -> str | Response:
-    """Import a CSV into a list: good rows are imported, bad rows reported with line and reason."""
+    """Import a CSV into a list: good rows are imported, bad rows reported with line and reason.
+
+    The whole file is parsed and checked first, without touching the database; the rows then go in through
+    csvio.import_rows, a few hundred per transaction, so the SIP service never waits long to log a call."""
     which = request.form.get("list", "")
     upload = request.files.get("file")
     if which not in ACTIONS or upload is None or not upload.filename:
         flash(_("Choose a list and a CSV file."), "error")
         return redirect(url_for("lists.index"))
     report = csvio.parse_csv(upload.read(), db.config().screening.region)
-    s = db.session()
-    count = bulk_put(s, which, report.rows, source="csv import")
-    s.flush()
-    return render_template("import_report.html", count=count, which=which, filename=upload.filename,
+    result = csvio.import_rows(db.store(), which, report.rows, source="csv import")
+    if result.imported:
+        db.clear_cache()
+    return render_template("import_report.html", count=result.imported, total=result.total,
+                           failure=result.error, which=which, filename=upload.filename,
                            errors=report.errors[:MAX_REPORTED_ERRORS], more_errors=len(report.errors))
 
 

@@ -697,6 +697,9 @@ class SipCore:
         """The agent stops: every call ends at once (480 or BYE)."""
         for d in list(self._dialogs.values()):
             if not d.over:
+                if d.end_reason is None:  # what the handler reports: interrupted
+                    d.end("stopped")
+                    self._events.append(CallEnded(d.key, "stopped", d.cancel_reason))
                 self.hangup(d.key, now, immediate=True)
                 self._end(d, "stopped", DEvent.STOP, now)
 

@@ -295,7 +295,7 @@ class Registration:
         if code in (401, 407) and self._auth_tries < 2:
             header = "www-authenticate" if code == 401 else "proxy-authenticate"
             try:
-                challenge = auth.parse_challenge(resp.get(header) or "")
+                challenge = auth.best_challenge(resp.get_all(header))
             except ValueError as e:
                 self._fail(f"{code} {resp.reason}: {e}", None, False, now)
                 return

@@ -12,7 +12,7 @@ from peers import HOST, CallSpec, Kamailio, Screener, Sipp, send_udp, sip_invite
 
 pytestmark = pytest.mark.e2e
 
-TORTURE = Path("/work/shared/sip-torture/rfc4475")
+TORTURE = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
 BLOCKED = "+390212345678"
 
 
@@ -30,7 +30,7 @@ def test_invite_from_a_non_provider_address_gets_no_reply_and_no_row(screener: S
 
 def _torture_messages() -> list[Path]:
     files = sorted(TORTURE.glob("*.dat"))
-    assert files, f"no RFC 4475 messages in {TORTURE}"
+    assert len(files) == 49, f"expected the 49 RFC 4475 messages in {TORTURE}, found {len(files)}"
     return files
 
 
