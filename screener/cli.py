@@ -411,15 +411,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     tz = ZoneInfo(cfg.screening.timezone)
+    beat = health.read_beat_file(cfg.data_path / health.BEAT_FILE)
     try:
         with _store(cfg).read() as s:
-            st = store.get_sip_status(s)
-            h = health.judge(st.state if st else None, st.heartbeat_at if st else None, store.utcnow())
-            lines = _status_lines(st, h, tz)
+            st = health.freshest(store.get_sip_status(s), beat)
     except SQLAlchemyError as e:
-        print(f"unknown: cannot read the database: {getattr(e, 'orig', None) or e}")
-        return health.EXIT_UNKNOWN
-    print("\n".join(lines))
+        if beat is None:
+            print(f"unknown: cannot read the database: {getattr(e, 'orig', None) or e}")
+            return health.EXIT_UNKNOWN
+        st = beat  # the service's own beat file still tells
+    h = health.judge(st.state if st else None, st.heartbeat_at if st else None, store.utcnow())
+    print("\n".join(_status_lines(st, h, tz)))
     return h.exit_code
 
 
