@@ -7,13 +7,15 @@ Wiring (screener/service.py): `Heartbeat(db, agent_snapshot(agent)).start()` aft
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from screener import store
 
@@ -72,8 +74,9 @@ class Heartbeat:
     """
 
     def __init__(self, db: store.Store, snapshot: Callable[[], Snapshot], interval: float = INTERVAL,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, file: Path | None = None) -> None:
         self.db = db
+        self.file = file  # the same beat, also written where no database lock or outage can stop it
         self.snapshot = snapshot
         self.interval = interval
         self.pid = os.getpid() if pid is None else pid
@@ -106,6 +109,13 @@ class Heartbeat:
             snap = snap or self.snapshot()
             self._last = snap
             u = snap.untrusted
+            if self.file is not None:
+                now = store.utcnow()
+                try:
+                    write_beat_file(self.file, Beat(snap.state, snap.since or now, snap.error[:300], now,
+                                                    self.pid, u.count, u.sources, u.last_source, u.last_at))
+                except OSError as e:
+                    log.debug("heartbeat file not written: %s", e)
             with self.db.write() as s:
                 store.write_heartbeat(s, snap.state, snap.error[:300], snap.since, self.pid,
                                       (u.count, u.sources, u.last_source, u.last_at))
@@ -142,3 +152,55 @@ def judge(state: str | None, heartbeat_at: datetime | None, now: datetime,
         return Health("stale", False, EXIT_NOT_RUNNING, age)
     # age None: a service without a heartbeat wrote the row (an older screener); its state is all there is
     return Health(state, True, EXIT_REGISTERED if state == "registered" else EXIT_NOT_REGISTERED, age)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What the last beat recorded: the sip_status row's fields, read from the database or the beat file."""
+
+    state: str
+    since: datetime
+    last_error: str
+    heartbeat_at: datetime | None
+    pid: int | None
+    untrusted_count: int = 0
+    untrusted_sources: int = 0
+    untrusted_last_source: str = ""
+    untrusted_last_at: datetime | None = None
+
+
+BEAT_FILE = "heartbeat.json"  # in the data folder
+
+
+def write_beat_file(path: Path, beat: Beat) -> None:
+    """Replace the beat file atomically (a reader never sees half of it); OSError when it cannot."""
+    doc = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(beat).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_beat_file(path: Path) -> Beat | None:
+    """The beat file's record; None when there is none or it cannot be read."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        for k in ("since", "heartbeat_at", "untrusted_last_at"):
+            if doc.get(k):
+                doc[k] = datetime.fromisoformat(doc[k])
+        return Beat(**doc)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def freshest(row: Any, beat: Beat | None) -> Any:
+    """The sip_status row or the beat file's record, whichever was written last (None: neither exists).
+
+    A database write lock held for a while (a backup, an import elsewhere) or a PostgreSQL restart stops the
+    row's beats, not the file's: a running service never looks dead for that.
+    """
+    if beat is None:
+        return row
+    if row is None or row.heartbeat_at is None or (beat.heartbeat_at and beat.heartbeat_at > row.heartbeat_at):
+        return beat
+    return row

@@ -522,7 +522,7 @@ class Service:
             handler.refresh_rules()  # the service's one periodic chore besides the beat itself
             return agent_state()
 
-        self._heartbeat = health.Heartbeat(db, beat).start()
+        self._heartbeat = health.Heartbeat(db, beat, file=cfg.data_path / health.BEAT_FILE).start()
 
     def _on_status(self, st: Any) -> None:
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))

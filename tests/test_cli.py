@@ -506,6 +506,26 @@ def test_status_exits_4_when_the_database_cannot_be_read(run, db: store.Store) -
     assert (code, err) == (4, "") and out.startswith("unknown: cannot read the database: ")
 
 
+@pytest.mark.parametrize("lock", ["held", "unreadable"])
+def test_status_takes_the_beat_file_when_the_database_cannot_have_it(run, conf: Path, db: store.Store,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     lock: str) -> None:
+    # the service beats into its data folder too: a long write lock or a database outage stops only the row's beats
+    from screener import config, health
+
+    old = BEAT_SINCE + timedelta(minutes=5)
+    with db.write() as s:
+        store.write_heartbeat(s, "registered", "", BEAT_SINCE, 4242, now=old)
+    now = old + timedelta(seconds=60)
+    health.write_beat_file(config.load(conf).data_path / health.BEAT_FILE,
+                           health.Beat("registered", BEAT_SINCE, "", now - timedelta(seconds=2), 4242))
+    if lock == "unreadable":
+        with db.write() as s:
+            s.execute(text("DROP TABLE sip_status"))
+    monkeypatch.setattr(store, "utcnow", lambda: now)
+    assert run("status") == (0, "registered since 2026-03-04 12:00:00 CET (pid 4242, heartbeat 2 s ago)\n", "")
+
+
 # --- as a real process ----------------------------------------------------------------------------------
 
 def _screener(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

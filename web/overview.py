@@ -11,7 +11,7 @@ from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from screener.health import judge
+from screener.health import BEAT_FILE, freshest, judge, read_beat_file
 from screener.store import OUTCOMES, Call, get_sip_status, utcnow
 from web import db
 from web.chart import stacked_bars
@@ -81,7 +81,7 @@ def index() -> str:
     voicemails = list(s.scalars(select(Call).where(Call.voicemail_path.is_not(None),
                                                    Call.started_at >= utcnow() - timedelta(days=90))
                                 .order_by(Call.started_at.desc(), Call.id.desc()).limit(5)))
-    status = get_sip_status(s)
+    status = freshest(get_sip_status(s), read_beat_file(db.data_path() / BEAT_FILE))
     # a service killed with SIGKILL (or hung) leaves "registered" behind: only a fresh heartbeat counts
     health = judge(status.state if status else None, status.heartbeat_at if status else None, utcnow())
     return render_template("overview.html", status=status, health=health, today=Counter(today_counts),
