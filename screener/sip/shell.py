@@ -292,6 +292,7 @@ class SipAgent:
         self._aux_cv = threading.Condition()
         self._workers = _Workers("sip-call", PARKED_WORKERS)
         self._loop_ident: int | None = None
+        self._sleep_until = 0.0  # when the socket thread wakes by itself (read and written under _lock)
         self.sock: socket.socket | None = None
         self.pool: PortPool | None = None
 
@@ -462,10 +463,13 @@ class SipAgent:
             result = fn(time.monotonic())
             self._flush()
             later, self._later = self._later, []
+            when = self.core.next_timer()
+            # wake the socket thread only for a timer earlier than the one it sleeps towards
+            wake = threading.get_ident() != self._loop_ident and when is not None and when < self._sleep_until
         for job in later:
             self._guarded(job)
-        if threading.get_ident() != self._loop_ident:
-            self._wake()  # a timer may have been set
+        if wake:
+            self._wake()
         return result
 
     def _flush(self) -> None:
@@ -605,11 +609,13 @@ class SipAgent:
         while not self._closing.is_set():
             with self._lock:
                 when = self.core.next_timer()
-            timeout = 1.0 if when is None else max(0.0, when - time.monotonic())
+                now = time.monotonic()
+                timeout = 1.0 if when is None else min(1.0, max(0.0, when - now))
+                self._sleep_until = now + timeout
             sock = self.sock
             assert sock is not None
             try:
-                ready, _, _ = select.select([sock, self._wake_r], [], [], min(timeout, 1.0))
+                ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
             except (OSError, ValueError):
                 if self._closing.is_set():
                     return
