@@ -2,7 +2,7 @@
 
 from screener.sip.core import MAX_DIALOGS, UNTRUSTED_LOG_INTERVAL, UNTRUSTED_SOURCES_MAX
 from screener.sip.dialogs import IncomingCall
-from screener.sip.registration import PROBE_INTERVAL, REBIND_MIN_INTERVAL, REFRESH_MAX, backoff_delay, format_host
+from screener.sip.registration import REBIND_MIN_INTERVAL, backoff_delay, format_host
 from screener.sip.shell import (
     PARKED_WORKERS,
     Call,
@@ -13,7 +13,7 @@ from screener.sip.shell import (
     StatusHandler,
     UntrustedSummary,
 )
-from screener.sip.transactions import Timing
+from screener.sip.transactions import PROBE_INTERVAL, REFRESH_MAX, Timing
 
 __all__ = ["MAX_DIALOGS", "PARKED_WORKERS", "PROBE_INTERVAL", "REBIND_MIN_INTERVAL", "REFRESH_MAX",
            "UNTRUSTED_LOG_INTERVAL", "UNTRUSTED_SOURCES_MAX", "Call", "CallControl", "CallHandler", "IncomingCall",

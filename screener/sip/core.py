@@ -63,7 +63,6 @@ from screener.sip.registration import (
 from screener.sip.transactions import (
     ClientTransaction,
     NCState,
-    NSState,
     ServerInviteTransaction,
     ServerTransaction,
     SIState,
@@ -766,4 +765,4 @@ class SipCore:
 
 
 __all__ = ["MAX_DIALOGS", "AnswerPlan", "CallEnded", "CallReleased", "Digit", "Event", "MediaStop", "MediaUpdate",
-           "NSState", "NewCall", "Rejected", "ResolveProvider", "SipCore", "StatusChange"]
+           "NewCall", "Rejected", "ResolveProvider", "SipCore", "StatusChange"]

@@ -21,16 +21,6 @@ log = logging.getLogger("screener.sip")
 
 USER_AGENT = f"screener/{__version__}"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
-# A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
-# forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
-# until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry: a
-# registrar back without our binding has it again within REFRESH_MAX (plus one REGISTER exchange). 20 s is
-# under the 30 s that promise allows and about the rate phones behind NAT send REGISTERs as keepalives; with
-# the default keepalive_interval (25 s) no OPTIONS go out between refreshes at all.
-REFRESH_MAX = 20.0
-# While the registrar does not answer, an OPTIONS probe goes out at least this often (more often when
-# keepalive_interval is shorter): its return ends the backoff, however long the backoff has grown.
-PROBE_INTERVAL = 5.0
 REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds for INVITEs not sent to our contact
 
 

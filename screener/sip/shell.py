@@ -37,14 +37,13 @@ from screener.sip.core import (
 from screener.sip.dialogs import IncomingCall
 from screener.sip.media import FRAME_SECONDS, PortPool, RtpSession
 from screener.sip.registration import (
-    REFRESH_MAX,
     Contact,
     ResolveProvider,
     StatusChange,
     backoff_delay,
     split_hostport,
 )
-from screener.sip.transactions import Timing
+from screener.sip.transactions import REFRESH_MAX, Timing
 
 log = logging.getLogger("screener.sip")
 

@@ -10,6 +10,17 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+# A registrar that restarts without keeping its bindings (kamailio without a database, many small PBXs)
+# forgets us without a sign: OPTIONS keepalives are still answered, and calls ring only the household phone
+# until our next REGISTER. So the binding is refreshed at least this often, whatever the granted expiry: a
+# registrar back without our binding has it again within REFRESH_MAX (plus one REGISTER exchange). 20 s is
+# under the 30 s that promise allows and about the rate phones behind NAT send REGISTERs as keepalives; with
+# the default keepalive_interval (25 s) no OPTIONS go out between refreshes at all.
+REFRESH_MAX = 20.0
+# While the registrar does not answer, an OPTIONS probe goes out at least this often (more often when
+# keepalive_interval is shorter): its return ends the backoff, however long the backoff has grown.
+PROBE_INTERVAL = 5.0
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -23,8 +34,8 @@ class Timing:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     refresh: tuple[float, float] = (0.5, 0.8)  # refresh at this fraction of the granted expiry
-    refresh_max: float = 20.0  # ... but at least this often (registration.REFRESH_MAX)
-    probe_interval: float = 5.0  # OPTIONS to a registrar that stopped answering (registration.PROBE_INTERVAL)
+    refresh_max: float = REFRESH_MAX  # ... but at least this often
+    probe_interval: float = PROBE_INTERVAL  # OPTIONS to a registrar that stopped answering
     stop_timeout: float = 1.5  # the unregister's share of stop()
 
 
