@@ -54,7 +54,7 @@ def in_dialog(method: str, call_id: str, to: str, cseq: int, branch: str, body: 
     return (f"{method} sip:screener@{US[0]}:{US[1]} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {PROVIDER[0]}:{PROVIDER[1]};branch={branch}\r\nMax-Forwards: 70\r\n"
             f"From: {inv.get('from')}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}"
-            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode("utf-8", "surrogateescape")
 
 
 def ack(call_id: str, final: Message) -> bytes:
