@@ -16,6 +16,7 @@ from sip_core_support import PROVIDER, ack, cancel, in_dialog, invite, make_core
 
 from screener.sip.core import NewCall
 from screener.sip.message import Message, parse
+from screener.sip.registration import RegState, ResolveProvider, StatusChange
 
 CALLS = ("c1", "c2", "c3")
 EXAMPLES = int(os.environ.get("SCREENER_HYPOTHESIS_EXAMPLES", "400"))  # more for a long soak
@@ -135,4 +136,79 @@ def test_any_invite_exchange_ends_with_nothing_left(record_property):
     run()
     record_property("hypothesis_examples", examples)
     print(f"\nSIP core property test: {examples} examples run")
+    assert examples >= EXAMPLES // 2
+
+
+# -- registration -------------------------------------------------------------------------------------------
+
+reg_step = st.one_of(
+    st.tuples(st.just("answer"), st.sampled_from([100, 200, 401, 403, 407, 423, 480, 500, 503])),
+    st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=70.0)),
+    st.tuples(st.just("rebind"), st.none()),
+    st.tuples(st.just("dns-fails"), st.booleans()),
+    st.tuples(st.just("garbage"), st.binary(max_size=100)),
+)
+
+CHALLENGE = {401: 'WWW-Authenticate: Digest realm="r", nonce="n", qop="auth"',
+             407: 'Proxy-Authenticate: Digest realm="r", nonce="p"', 423: "Min-Expires: 600",
+             503: "Retry-After: 2", 200: "Expires: 3600"}
+
+
+def test_registration_never_gives_up_and_stops_cleanly(record_property):
+    examples = 0
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(reg_step, max_size=40))
+    def run(script: list[tuple]) -> None:
+        nonlocal examples
+        examples += 1
+        core = make_core(register=True)
+        now, dns_fails, last = 0.0, False, None
+        statuses: list[StatusChange] = []
+
+        def pump() -> None:
+            nonlocal last
+            for _ in range(10):  # DNS answers come back at once, and may lead to more requests
+                for data, _ in core.datagrams_to_send():
+                    last = parse(data)
+                events = core.events()
+                statuses.extend(e for e in events if isinstance(e, StatusChange))
+                asks = [e for e in events if isinstance(e, ResolveProvider)]
+                if not asks:
+                    return
+                if dns_fails:
+                    core.resolve_failed("no such host", set(), now)
+                else:
+                    core.resolved(PROVIDER, None, {PROVIDER[0]}, now)
+
+        core.start_registration(now)
+        pump()
+        for kind, arg in script:
+            if kind == "answer" and last is not None:
+                core.receive_datagram(reply(last, arg, "X", *([CHALLENGE[arg]] if arg in CHALLENGE else [])),
+                                      PROVIDER, now)
+            elif kind == "wait":
+                now += arg
+                core.handle_timer(now)
+            elif kind == "rebind":
+                core.request_rebind("test", now)
+            elif kind == "dns-fails":
+                dns_fails = arg
+            elif kind == "garbage":
+                core.receive_datagram(arg, PROVIDER, now)
+            pump()
+            assert core.registration is not None and core.registration.state is not RegState.STOPPED
+            assert core.next_timer() is not None, "registration gave up: nothing scheduled"
+            if statuses and statuses[-1].state == "registered" and core.registration.state is RegState.REGISTERED:
+                assert core.registration.timer_at is not None and core.registration.timer_at <= now + 20.0
+        core.stop_registration(now)
+        pump()
+        now = run_until_idle(core, now)
+        pump()
+        assert core.registration_over and statuses[-1] == StatusChange("unregistered")
+        assert core.next_timer() is None and core.pending_transactions == 0
+
+    run()
+    record_property("hypothesis_examples", examples)
+    print(f"\nSIP registration property test: {examples} examples run")
     assert examples >= EXAMPLES // 2
