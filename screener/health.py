@@ -122,7 +122,9 @@ class Heartbeat:
         except Exception as e:
             if not self._failing:
                 self._failing = True
-                log.warning("screener: cannot write the heartbeat (status will say not running): %s", e)
+                log.warning("screener: cannot write the heartbeat to the database (%s)%s", e,
+                            "; the beat file still tells status the service runs" if self.file else
+                            ": status will say not running")
             return False
         if self._failing:
             self._failing = False

@@ -58,7 +58,7 @@ def test_a_failing_database_is_logged_once_per_outage(db: store.Store, caplog: p
     broken[0] = False
     assert beat.beat()
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["screener: cannot write the heartbeat (status will say not running): disk full",
+    assert messages == ["screener: cannot write the heartbeat to the database (disk full): status will say not running",
                         "screener: heartbeat written again"]
 
 
