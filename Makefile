@@ -31,6 +31,7 @@ system-deps:
 
 test: system-deps $(BIN)/screener
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 bench: system-deps $(BIN)/screener
@@ -41,6 +42,7 @@ demo: system-deps $(BIN)/screener
 
 lint: $(BIN)/screener
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

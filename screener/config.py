@@ -216,7 +216,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, fname: str) -> Any:
         if is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{fname}: {where} must be a table, got {_show(value)}")
-            kwargs[name] = _build(tp, value, where + ".", fname)
+            kwargs[name] = _build(tp, value, where + ".", fname)  # type: ignore[arg-type]
             continue
         check: Check | None = f.metadata.get("check")
         must = check[1] if check else _TYPE_WORDS[tp]
@@ -246,7 +246,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{fname}: no such file (run `screener init` to create it)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{fname}: not valid TOML: {e}") from None
-    cfg = _build(Config, raw, "", fname)
+    cfg: Config = _build(Config, raw, "", fname)
     _cross_checks(cfg, fname)
     cfg = replace(cfg, path=str(p.resolve()))
     if cfg.sip.password_file:

@@ -151,7 +151,7 @@ def _parse_number(number: str, region: str) -> tuple[PhoneNumber | None, int, st
 def _country(num: PhoneNumber, valid: bool) -> str | None:
     """Region of the number; for invalid numbers the main region of its country code (+39 0844 -> IT)."""
     country = phonenumbers.region_code_for_number(num)
-    if country is None and not valid:
+    if country is None and not valid and num.country_code is not None:
         country = phonenumbers.region_code_for_country_code(num.country_code)
     return None if country in (None, phonenumbers.UNKNOWN_REGION) else country
 

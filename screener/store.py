@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker, validates
 from sqlalchemy.types import TypeDecorator
 
@@ -74,7 +74,7 @@ def _fit(obj: Base, key: str, value: str | None) -> str | None:
     refuse the row), made safe by text.clean (no driver encodes a lone surrogate; PostgreSQL refuses NUL)."""
     if value is None:
         return None
-    limit = getattr(obj.__table__.c[key].type, "length", None)  # type: ignore[attr-defined]
+    limit = getattr(obj.__table__.c[key].type, "length", None)
     return clean(value)[:limit]
 
 
@@ -292,15 +292,15 @@ def put_entry(session: Session, list_: str, pattern: str, *, label: str = "", so
 
 def remove_entry(session: Session, pattern: str) -> bool:
     """Remove the entry for `pattern`; False if there was none."""
-    return session.execute(delete(ListEntry).where(ListEntry.pattern == pattern)).rowcount > 0
+    res: CursorResult[Any] = session.execute(delete(ListEntry).where(ListEntry.pattern == pattern))  # type: ignore[assignment]
+    return bool(res.rowcount)
 
 
 def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, source: str) -> int:
     """Insert or move many (pattern, label) rows at once, in the caller's transaction; returns the count."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     now = utcnow()
     batch: list[dict[str, Any]] = []
     total = 0
@@ -333,7 +333,7 @@ def close_interrupted(session: Session, now: datetime, before: datetime | None =
     stmt = update(Call).where(Call.outcome.is_(None))
     if before is not None:
         stmt = stmt.where(Call.started_at < before)
-    res = session.execute(stmt.values(outcome="interrupted", ended_at=now))
+    res: CursorResult[Any] = session.execute(stmt.values(outcome="interrupted", ended_at=now))  # type: ignore[assignment]
     return res.rowcount or 0
 
 
