@@ -111,8 +111,9 @@ class MediaUpdate:
     """Where the call's RTP goes now (a re-INVITE), and its codec when the ACK brought a late answer."""
 
     key: str
-    remote: Addr
+    remote: Addr  # port 0: send nothing (a hold, or no answer yet)
     codec: tuple[str, int, int | None] | None = None  # (name, payload, event payload)
+    ptime: int | None = None  # ms per packet we send
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,9 @@ class SipCore:
         if kind == "invite":
             d = self._dialogs.get(key)
             return d.tx.timer_at if d is not None else None
+        if kind == "reinvite":
+            d = self._dialogs.get(key)
+            return d.reinvite.timer_at if d is not None and d.reinvite is not None else None
         if kind == "dialog":
             obj = self._dialogs.get(key)
         elif kind == "tomb":
@@ -333,6 +337,8 @@ class SipCore:
                 continue
             if kind == "invite":
                 self._invite_timer(self._dialogs[key], now)
+            elif kind == "reinvite":
+                self._reinvite_timer(self._dialogs[key], now)
             elif kind == "dialog":
                 self._ring_expired(self._dialogs[key], now)
             elif kind == "tomb":
@@ -356,6 +362,16 @@ class SipCore:
             self._end(d, "no_ack", DEvent.NO_ACK, now)
         elif d.state is DState.ENDED:
             self._forget(d)  # Timer H: no ACK for the non-2xx final response
+
+    def _reinvite_timer(self, d: Dialog, now: float) -> None:
+        tx = d.reinvite
+        assert tx is not None
+        self._send_all(tx.on_timer(now), d.addr)
+        self._arm("reinvite", d.key, tx.timer_at)
+        if tx.state is SIState.TERMINATED and tx.timed_out and d.state in (DState.ANSWERED, DState.CONFIRMED):
+            log.info("screener: no ACK for the 200 OK to the re-INVITE of %s", d.call_id)  # RFC 3261 14.2
+            self._send_bye(d, now)
+            self._end(d, "no_ack", DEvent.BYE_OUT, now)
 
     def _ring_expired(self, d: Dialog, now: float) -> None:
         """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
@@ -533,6 +549,10 @@ class SipCore:
         elif d.state is DState.ENDED and d.tx.state is SIState.COMPLETED:
             d.tx.ack(now)
             self._retire(d, now + self.timing.t4)  # RFC 3261 17.2.1: Timer I after the ACK
+        elif d.reinvite is not None and msg.cseq[0] == d.reinvite_cseq and d.reinvite.ack(now):
+            body = sdp_body(msg)  # the ACK of our 200 to a re-INVITE: its retransmissions stop
+            if body and d.has_media and d.reinvite_late:
+                self._late_answer(d, body)
 
     def _late_answer(self, d: Dialog, body: bytes) -> None:
         """A late offer's answer arrives in the ACK: take its codec and address."""
@@ -543,7 +563,9 @@ class SipCore:
         choice = choose_codec(sdp)
         if choice is None:
             return
-        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port), (choice[0], choice[1], sdp.event_payload())))
+        sends = sdp.direction in ("sendrecv", "recvonly") and not sdp.on_hold  # the answer's view, reversed
+        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port if sends else 0),
+                                        (choice[0], choice[1], sdp.event_payload())))
 
     def _on_cancel(self, msg: Message, addr: Addr, now: float) -> None:
         d = self._dialogs.get(msg.call_id)
@@ -590,9 +612,37 @@ class SipCore:
         if d is None:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
             return
-        body = d.local_sdp if sdp_body(msg) else b""
+        offer = sdp_body(msg)
+        body = b""
+        if offer and d.local_sdp:
+            answer = self._offer_answer(d, offer)
+            if answer is None:  # RFC 3311 5.2: an offer we cannot accept leaves the session as it was
+                self._respond(msg, addr, 488, "Not Acceptable Here", now)
+                return
+            body = answer
         extra = [("contact", self.contact.header())] + ([("content-type", "application/sdp")] if body else [])
         self._respond(msg, addr, 200, "OK", now, extra, body)
+
+    def _offer_answer(self, d: Dialog, offer: bytes) -> bytes | None:
+        """A new offer in the dialog (re-INVITE, UPDATE): the media moves and our answer is returned; None when
+        the offer cannot be accepted (the session stays as it was)."""
+        try:
+            sdp = parse_sdp(offer)
+        except ParseError:
+            return None
+        plan = answer_plan(sdp)
+        if plan is None:
+            return None
+        d.plan = plan
+        if d.has_media:  # the RTP session sends and latches where this offer says (B14)
+            self._events.append(MediaUpdate(d.key, plan.remote, (plan.codec, plan.payload, plan.event_payload),
+                                            plan.ptime))
+        body = local_sdp(self.contact.host, d.rtp_port, plan, d.sdp_session, d.sdp_version)
+        if body != d.local_sdp:  # RFC 3264 8: a changed SDP gets the next version
+            d.sdp_version += 1
+            body = local_sdp(self.contact.host, d.rtp_port, plan, d.sdp_session, d.sdp_version)
+            d.local_sdp = body
+        return body
 
     def _on_notify(self, msg: Message, addr: Addr, now: float) -> None:
         self._respond(msg, addr, 200, "OK", now)  # unsolicited NOTIFY (message waiting) from routers
@@ -601,17 +651,29 @@ class SipCore:
         self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
 
     def _reinvite(self, d: Dialog, msg: Message, addr: Addr, now: float) -> None:
-        # B14: session refreshes are answered with the SDP we already use
-        body = sdp_body(msg)
-        if body and d.has_media:
-            try:
-                sdp = parse_sdp(body)
-                self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port)))
-            except ParseError:
-                pass
-        self._out.append((build_response(msg, addr, 200, "OK", [("contact", self.contact.header()),
-                                                                  ("content-type", "application/sdp")],
-                                         d.local_sdp, to_tag=d.to_tag), addr))
+        tx = d.reinvite
+        if tx is not None and msg.cseq[0] == d.reinvite_cseq and msg.branch == tx.branch:
+            self._send_all([tx.retransmission()], addr)  # a retransmitted re-INVITE: our last response again
+            return
+        if tx is not None and tx.state is SIState.ACCEPTED:
+            # RFC 3261 14.2: a second re-INVITE while our 2xx to the first waits for its ACK
+            self._respond(msg, addr, 500, "Server Internal Error", now,
+                          [("retry-after", str(self.rng.randrange(0, 11)))])
+            return
+        offer = sdp_body(msg)
+        body = d.local_sdp  # B14: a session refresh without an offer gets ours (its ACK brings the answer)
+        if offer:
+            answer = self._offer_answer(d, offer)
+            if answer is None:
+                self._respond(msg, addr, 488, "Not Acceptable Here", now)  # the session stays as it was
+                return
+            body = answer
+        tx = d.reinvite = ServerInviteTransaction(msg.branch, self.timing)
+        d.reinvite_cseq, d.reinvite_late = msg.cseq[0], not offer
+        data = build_response(msg, addr, 200, "OK", [("contact", self.contact.header())]
+                              + [("content-type", "application/sdp")] * bool(body), body, to_tag=d.to_tag)
+        self._send_all(tx.respond(200, data, now), addr)  # retransmitted until the ACK (RFC 3261 13.3.1.4)
+        self._arm("reinvite", d.key, tx.timer_at)
 
     def _on_response(self, data: bytes, addr: Addr, now: float) -> None:
         try:
@@ -662,7 +724,9 @@ class SipCore:
         d = self._dialogs.get(key)
         if d is None or d.state is not DState.RINGING:
             return False
-        d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, self.rng.randrange(1, 2**31))
+        d.plan, d.rtp_port, d.sdp_session = plan, rtp_port, self.rng.randrange(1, 2**31)
+        d.sdp_version = d.sdp_session
+        d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, d.sdp_session)
         d.has_media = True
         d.go(DEvent.ANSWER)
         self._final(d, 200, [("content-type", "application/sdp")], d.local_sdp, now)

@@ -86,8 +86,16 @@ class AnswerPlan:
     codec: str
     payload: int
     event_payload: int | None
-    remote: tuple[str, int]  # ("0.0.0.0", 0) for a late offer: the ACK brings the answer
+    remote: tuple[str, int]  # port 0: send nothing (a late offer, whose answer the ACK brings; a hold)
     late: bool
+    ptime: int = 20  # ms per packet we send: the offer's a=ptime when within PTIME_RANGE
+    direction: str = "sendrecv"  # of our answer (recvonly to a hold, RFC 3264 8.4)
+    streams: tuple[tuple[str, str, str], ...] = ()  # the offer's m= lines, each answered (RFC 3264 6)
+    audio_index: int = 0
+
+    @property
+    def sends(self) -> bool:
+        return self.direction in ("sendrecv", "sendonly") and self.remote[1] != 0
 
 
 class Dialog:
@@ -105,6 +113,14 @@ class Dialog:
         self.local_sdp = b""
         self.has_media = False
         self.ring_deadline: float | None = None
+        self.plan: AnswerPlan | None = None  # what our current SDP answered
+        self.rtp_port = 0
+        self.sdp_session = 0
+        self.sdp_version = 0
+        self.remote_cseq = invite.cseq[0]  # the highest CSeq of the caller's requests so far (RFC 3261 12.2.2)
+        self.reinvite: ServerInviteTransaction | None = None  # the latest re-INVITE we answered
+        self.reinvite_cseq = 0
+        self.reinvite_late = False  # that re-INVITE had no offer: its ACK brings the answer to ours
         self.route_set = invite.get_all("record-route")  # B5/B4: kept and used for in-dialog requests
         contacts = invite.get_all("contact")
         self.remote_target = name_addr(contacts[0]).uri if contacts else name_addr(invite.get("from") or "").uri
@@ -247,6 +263,12 @@ def servable(msg: Message) -> tuple[Sdp | None, str]:
     return offer, ""
 
 
+PTIME_RANGE = (10, 60)  # packet times (ms) we send at when an offer asks; anything else gets 20 ms
+# RFC 3264 6.1: the direction of an answer to each direction of an offer
+ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+NO_SEND = {"sendrecv": "recvonly", "sendonly": "inactive", "recvonly": "recvonly", "inactive": "inactive"}
+
+
 def answer_plan(offer: Sdp | None) -> AnswerPlan | None:
     """How to answer `offer` (None: no codec we can use); a late offer gets PCMU/PCMA offered by us."""
     if offer is None:
@@ -254,22 +276,36 @@ def answer_plan(offer: Sdp | None) -> AnswerPlan | None:
     choice = choose_codec(offer)
     if choice is None:
         return None
-    remote = (offer.address, offer.port) if offer.port else ("0.0.0.0", 0)
-    return AnswerPlan(choice[0], choice[1], offer.event_payload(), remote, False)
+    direction = ANSWER_DIRECTION.get(offer.direction, "sendrecv")
+    if offer.on_hold:  # RFC 2543 hold (c=0.0.0.0): nothing may be sent to that address
+        direction = NO_SEND[direction]
+    sends = direction in ("sendrecv", "sendonly")
+    remote = (offer.address, offer.port if sends else 0)
+    ptime = offer.ptime if offer.ptime is not None and PTIME_RANGE[0] <= offer.ptime <= PTIME_RANGE[1] else 20
+    return AnswerPlan(choice[0], choice[1], offer.event_payload(), remote, False, ptime, direction, offer.streams,
+                      offer.audio_index)
 
 
-def local_sdp(host: str, port: int, plan: AnswerPlan, session: int) -> bytes:
+def local_sdp(host: str, port: int, plan: AnswerPlan, session: int, version: int | None = None) -> bytes:
+    """Our SDP: the answer to the plan's offer (every offered m= line answered, the ones we refuse with port 0,
+    RFC 3264 6), or our offer for a late-offer INVITE."""
     family = "IP6" if ":" in host else "IP4"
     fmts = [(0, "PCMU"), (8, "PCMA")] if plan.late else [(plan.payload, plan.codec)]
     event_pt = plan.event_payload
-    lines = ["v=0", f"o=screener {session} {session} IN {family} {host}", "s=screener", f"c=IN {family} {host}",
-             "t=0 0"]
+    lines = ["v=0", f"o=screener {session} {session if version is None else version} IN {family} {host}",
+             "s=screener", f"c=IN {family} {host}", "t=0 0"]
     pts = [str(p) for p, _ in fmts] + ([str(event_pt)] if event_pt is not None else [])
-    lines.append(f"m=audio {port} RTP/AVP {' '.join(pts)}")
-    lines += [f"a=rtpmap:{p} {name}/8000" for p, name in fmts]
+    audio = [f"m=audio {port} RTP/AVP {' '.join(pts)}"]
+    audio += [f"a=rtpmap:{p} {name}/8000" for p, name in fmts]
     if event_pt is not None:
-        lines += [f"a=rtpmap:{event_pt} telephone-event/8000", f"a=fmtp:{event_pt} 0-15"]
-    lines += ["a=ptime:20", "a=sendrecv"]
+        audio += [f"a=rtpmap:{event_pt} telephone-event/8000", f"a=fmtp:{event_pt} 0-15"]
+    audio += [f"a=ptime:{plan.ptime}", f"a={plan.direction}"]
+    streams = plan.streams or (("audio", "RTP/AVP", ""),)
+    for i, (media, proto, formats) in enumerate(streams):
+        if i == (plan.audio_index if plan.streams else 0):
+            lines += audio
+        else:
+            lines.append(f"m={media} 0 {proto} {formats}")  # refused: same media, proto and formats, port 0
     return ("\r\n".join(lines) + "\r\n").encode()
 
 

@@ -512,7 +512,9 @@ class SipAgent:
             if ev.codec is not None:
                 found.codec = ev.codec[0]
                 found.media.set_codec(*ev.codec)
-            found.media.set_remote(ev.remote)
+            if ev.ptime is not None:
+                found.media.set_ptime(ev.ptime)
+            found.media.set_remote(ev.remote)  # port 0 (a hold): nothing is sent
 
     # -- commands of the calls (CallControl) --
 
@@ -545,7 +547,7 @@ class SipAgent:
             self.core.decline(key, 480, now, why="error")
             return None
         media = RtpSession(self.pool, sock, plan.codec, plan.payload, plan.event_payload, plan.remote,
-                           on_digit=call._digit, trusted=self.is_trusted)
+                           on_digit=call._digit, trusted=self.is_trusted, ptime=plan.ptime)
         if plan.late:
             media.outPort = 0  # nothing to send to until the ACK brings the answer
         if not self.core.answer(key, plan, media.port, now):

@@ -1,0 +1,158 @@
+"""RFC gaps of issue 8, each fed to the sans-I/O core as datagrams and times (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+from sip_core_support import PROVIDER, ack, in_dialog, invite, make_core, sent
+
+from screener.sip.core import MediaUpdate
+from screener.sip.message import Message, parse_sdp
+
+V4 = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
+V6 = "v=0\r\no=- 1 1 IN IP6 2001:db8::10\r\ns=-\r\nc=IN IP6 {addr}\r\nt=0 0\r\n"
+AUDIO = "m=audio {port} RTP/AVP {pts}\r\na=rtpmap:101 telephone-event/8000\r\n"
+
+
+def offer(port: int = 40000, pts: str = "8 0 101", addr: str = "192.0.2.10", extra: str = "",
+          head: str = V4, before: str = "", after: str = "") -> str:
+    return head.format(addr=addr) + before + AUDIO.format(port=port, pts=pts) + extra + after
+
+
+def answered(body: str, call_id: str = "c1"):
+    """A core that answered an INVITE carrying `body`: (core, its 200 OK)."""
+    core = make_core()
+    core.receive_datagram(invite(call_id, body=body), PROVIDER, 0.0)
+    plan = core.answer_plan(call_id, 0.0)
+    assert plan is not None
+    assert core.answer(call_id, plan, 41000, 0.0)
+    ok = [m for m, _ in sent(core) if m.status == 200][0]
+    core.events()
+    return core, ok, plan
+
+
+def confirmed(body: str | None = None):
+    core, ok, plan = answered(offer() if body is None else body)
+    core.receive_datagram(ack("c1", ok), PROVIDER, 0.1)
+    sent(core), core.events()
+    return core, ok
+
+
+def m_lines(msg: Message) -> list[str]:
+    return [ln for ln in msg.body.decode().splitlines() if ln.startswith("m=")]
+
+
+# -- 1. the SDP answer ------------------------------------------------------------------------------------------
+
+
+def test_every_offered_m_line_is_answered_unused_ones_with_port_0():
+    video = "m=video 40002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    text = "m=text 40004 RTP/AVP 98\r\n"
+    _, ok, _ = answered(offer(before=video, after=text))
+    assert m_lines(ok) == ["m=video 0 RTP/AVP 96", "m=audio 41000 RTP/AVP 8 101", "m=text 0 RTP/AVP 98"]
+    assert parse_sdp(ok.body).port == 41000
+
+
+def test_offered_ptime_is_honoured_within_10_to_60_ms_else_20():
+    for asked, used in ((30, 30), (10, 10), (60, 60), (80, 20), (5, 20)):
+        _, ok, plan = answered(offer(extra=f"a=ptime:{asked}\r\n"))
+        assert plan.ptime == used and f"a=ptime:{used}" in ok.body.decode()
+    _, ok, plan = answered(offer())
+    assert plan.ptime == 20 and "a=ptime:20" in ok.body.decode()
+
+
+def test_ipv6_connection_lines_are_parsed():
+    sdp = parse_sdp(offer(addr="2001:db8::10", head=V6).encode())
+    assert sdp.address == "2001:db8::10" and sdp.port == 40000
+    _, _, plan = answered(offer(addr="2001:db8::10", head=V6))
+    assert plan.remote == ("2001:db8::10", 40000)
+
+
+def test_hold_offers_get_the_matching_answer_and_no_rtp_goes_to_0_0_0_0():
+    for extra, addr, direction, remote in (
+        ("a=sendonly\r\n", "192.0.2.10", "recvonly", ("192.0.2.10", 0)),
+        ("a=inactive\r\n", "192.0.2.10", "inactive", ("192.0.2.10", 0)),
+        ("", "0.0.0.0", "recvonly", ("0.0.0.0", 0)),
+        ("a=recvonly\r\n", "192.0.2.10", "sendonly", ("192.0.2.10", 40000)),
+        ("", "192.0.2.10", "sendrecv", ("192.0.2.10", 40000)),
+    ):
+        _, ok, plan = answered(offer(extra=extra, addr=addr))
+        assert plan.direction == direction and plan.remote == remote
+        assert parse_sdp(ok.body).direction == direction
+        assert plan.sends == (remote[1] != 0)
+
+
+# -- 2. re-INVITE and UPDATE move the media ---------------------------------------------------------------------
+
+
+def test_reinvite_moves_address_port_and_codec_and_its_200_is_retransmitted_until_the_ack():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    moved = offer(port=50000, pts="0 101", addr="198.51.100.20", extra="a=ptime:30\r\n")
+    re_inv = in_dialog("INVITE", "c1", to, 2, "z9hG4bKre1", moved, "Content-Type: application/sdp\r\n")
+    core.receive_datagram(re_inv, PROVIDER, 1.0)
+    [(r200, dest)] = sent(core)
+    assert r200.status == 200 and r200.cseq == (2, "INVITE") and dest == PROVIDER
+    assert core.events() == [MediaUpdate("c1", ("198.51.100.20", 50000), ("PCMU", 0, 101), 30)]
+    answer = parse_sdp(r200.body)
+    assert answer.payloads == (0, 101) and answer.port == 41000 and answer.ptime == 30
+    old_o = [ln for ln in ok.body.decode().splitlines() if ln.startswith("o=")][0].split()
+    new_o = [ln for ln in r200.body.decode().splitlines() if ln.startswith("o=")][0].split()
+    assert new_o[1] == old_o[1] and int(new_o[2]) == int(old_o[2]) + 1  # RFC 3264 8: the version moves on
+    core.receive_datagram(re_inv, PROVIDER, 1.1)  # a retransmitted re-INVITE: the same 200
+    assert [m.get("to") for m, _ in sent(core)] == [r200.get("to")]
+    assert core.next_timer() == 1.5
+    core.handle_timer(1.5)  # Timer G: no ACK yet, the 200 again
+    assert [m.status for m, _ in sent(core)] == [200]
+    core.receive_datagram(in_dialog("ACK", "c1", to, 2, "z9hG4bKackre1"), PROVIDER, 1.6)
+    assert core.next_timer() is None and sent(core) == []
+
+
+def test_reinvite_never_acked_ends_the_call_with_bye():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    core.receive_datagram(in_dialog("INVITE", "c1", to, 2, "z9hG4bKre2", offer(port=50002),
+                                    "Content-Type: application/sdp\r\n"), PROVIDER, 1.0)
+    sent(core), core.events()
+    methods = []
+    while (when := core.next_timer()) is not None and when < 100:
+        core.handle_timer(when)
+        methods += [m.method or m.status for m, _ in sent(core)]
+    assert methods.count(200) >= 5 and "BYE" in methods
+
+
+def test_update_moves_the_media_and_a_hold_stops_sending():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    upd = in_dialog("UPDATE", "c1", to, 2, "z9hG4bKupd", offer(port=50004, addr="0.0.0.0"),
+                    "Content-Type: application/sdp\r\n")
+    core.receive_datagram(upd, PROVIDER, 1.0)
+    [(r200, _)] = sent(core)
+    assert r200.status == 200 and parse_sdp(r200.body).direction == "recvonly"
+    assert core.events() == [MediaUpdate("c1", ("0.0.0.0", 0), ("PCMA", 8, 101), 20)]
+    resume = in_dialog("INVITE", "c1", to, 3, "z9hG4bKres", offer(port=50006),
+                       "Content-Type: application/sdp\r\n")
+    core.receive_datagram(resume, PROVIDER, 2.0)
+    [(r200b, _)] = sent(core)
+    assert parse_sdp(r200b.body).direction == "sendrecv"
+    assert core.events() == [MediaUpdate("c1", ("192.0.2.10", 50006), ("PCMA", 8, 101), 20)]
+
+
+def test_an_offer_we_cannot_take_gets_488_and_the_session_stays():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    bad = in_dialog("INVITE", "c1", to, 2, "z9hG4bKbad", offer(pts="9"), "Content-Type: application/sdp\r\n")
+    core.receive_datagram(bad, PROVIDER, 1.0)
+    [(r, _)] = sent(core)
+    assert r.status == 488 and "tag=" in (r.get("to") or "") and core.events() == []
+    assert core.dialog("c1").local_sdp == ok.body
+
+
+def test_reinvite_without_offer_gets_ours_and_its_ack_brings_the_answer():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    core.receive_datagram(in_dialog("INVITE", "c1", to, 2, "z9hG4bKlate", ""), PROVIDER, 1.0)
+    [(r200, _)] = sent(core)
+    assert r200.body == ok.body
+    ack_body = offer(port=50008, pts="8")
+    core.receive_datagram(in_dialog("ACK", "c1", to, 2, "z9hG4bKacklate", ack_body,
+                                    "Content-Type: application/sdp\r\n"), PROVIDER, 1.1)
+    assert core.events() == [MediaUpdate("c1", ("192.0.2.10", 50008), ("PCMA", 8, None))]
