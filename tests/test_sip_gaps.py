@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sip_core_support import PROVIDER, ack, in_dialog, invite, make_core, sent
 
-from screener.sip.core import MediaUpdate
+from screener.sip.core import Digit, MediaUpdate
 from screener.sip.message import Message, parse_sdp
 
 V4 = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
@@ -156,3 +156,24 @@ def test_reinvite_without_offer_gets_ours_and_its_ack_brings_the_answer():
     core.receive_datagram(in_dialog("ACK", "c1", to, 2, "z9hG4bKacklate", ack_body,
                                     "Content-Type: application/sdp\r\n"), PROVIDER, 1.1)
     assert core.events() == [MediaUpdate("c1", ("192.0.2.10", 50008), ("PCMA", 8, None))]
+
+
+# -- 3. DTMF by SIP INFO ----------------------------------------------------------------------------------------
+
+
+def test_info_digits_in_both_common_forms():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    cases = [("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n", "5"),
+             ("application/dtmf-relay", "Signal= #\r\nDuration=100\r\n", "#"),
+             ("application/dtmf-relay", "Signal=10\r\n", "*"),
+             ("application/dtmf", "7", "7"),
+             ("application/dtmf", "*\r\n", "*"),
+             ("application/dtmf", "11", "#"),
+             ("application/dtmf", "x", None),
+             ("text/plain", "5", None)]
+    for i, (ctype, body, key) in enumerate(cases):
+        info = in_dialog("INFO", "c1", to, 2 + i, f"z9hG4bKinfo{i}", body, f"Content-Type: {ctype}\r\n")
+        core.receive_datagram(info, PROVIDER, 1.0 + i)
+        assert [m.status for m, _ in sent(core)] == [200]
+        assert core.events() == ([Digit("c1", key)] if key else []), ctype + body

@@ -327,13 +327,28 @@ def incoming_info(msg: Message, addr: tuple[str, int], from_provider: bool, cann
         from_provider=from_provider, request_uri=clean(msg.uri), cannot_serve=cannot_serve)
 
 
+DTMF_KEYS = "0123456789*#ABCD"
+
+
 def dtmf_relay_keys(msg: Message) -> list[str]:
-    """Keys of a SIP INFO with application/dtmf-relay (`Signal=5`)."""
-    if not (msg.get("content-type") or "").lower().startswith("application/dtmf-relay"):
+    """Keys of a SIP INFO with application/dtmf-relay (`Signal=5`) or application/dtmf (the key alone, `5`)."""
+    ctype = (msg.get("content-type") or "").lower().partition(";")[0].strip()
+    if ctype == "application/dtmf":
+        text = msg.body.decode("ascii", "replace").strip().upper()
+        if len(text) == 1 and text in DTMF_KEYS:
+            return [text]
+        # some send the RFC 4733 event number (0-9, 10 = *, 11 = #, 12-15 = A-D)
+        return [DTMF_KEYS[int(text)]] if text.isdigit() and int(text) < 16 else []
+    if ctype != "application/dtmf-relay":
         return []
     keys = []
     for line in msg.body.decode("ascii", "replace").splitlines():
         key, _, value = line.partition("=")
-        if key.strip().lower() == "signal" and value.strip()[:1] in "0123456789*#ABCD":
-            keys.append(value.strip()[:1].upper())
+        value = value.strip().upper()
+        if key.strip().lower() != "signal" or not value:
+            continue
+        if value.isdigit() and 10 <= int(value) < 16:  # the RFC 4733 event number some send for * # A-D
+            keys.append(DTMF_KEYS[int(value)])
+        elif value[0] in DTMF_KEYS:
+            keys.append(value[0])
     return [k for k in keys if k]
