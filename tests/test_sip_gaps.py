@@ -177,3 +177,44 @@ def test_info_digits_in_both_common_forms():
         core.receive_datagram(info, PROVIDER, 1.0 + i)
         assert [m.status for m, _ in sent(core)] == [200]
         assert core.events() == ([Digit("c1", key)] if key else []), ctype + body
+
+
+# -- 4. To tags, IPv6 registrar ---------------------------------------------------------------------------------
+
+
+def test_every_final_response_carries_a_to_tag():
+    core = make_core()
+    stray = in_dialog("BYE", "nobody", "<sip:screener@provider.example>", 2, "z9hG4bKs1")
+    core.receive_datagram(stray, PROVIDER, 0.0)  # 481
+    core.receive_datagram(in_dialog("SUBSCRIBE", "x", "<sip:a@b>", 1, "z9hG4bKs2"), PROVIDER, 0.0)  # 405
+    core.receive_datagram(in_dialog("OPTIONS", "y", "<sip:a@b>", 1, "z9hG4bKs3"), PROVIDER, 0.0)  # 200
+    core.receive_datagram(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKq\r\n"
+                          b"To: <sip:x@y>\r\nCall-ID: bad\r\n\r\n", PROVIDER, 0.0)  # 400
+    core.receive_datagram(invite("c1"), PROVIDER, 0.0)
+    core.receive_datagram(invite("c1", branch="z9hG4bKloop"), PROVIDER, 0.0)  # 482
+    core.receive_datagram(invite("c2", extra="Require: foo\r\n"), PROVIDER, 0.0)
+    core.decline("c2", 420, 0.0)
+    core.decline("c1", 486, 0.0)
+    finals = [m for m, _ in sent(core) if m.status >= 200]
+    assert sorted(m.status for m in finals) == [200, 400, 405, 420, 481, 482, 486]
+    for m in finals:
+        assert "tag=" in (m.get("to") or ""), m.status
+
+
+def test_an_ipv6_registrar_is_bracketed_in_uris():
+    from screener.config import SipConfig
+    from screener.sip.registration import split_hostport
+
+    core = make_core(register=True)
+    core.cfg = SipConfig(server="2001:db8::5", port=5070, username="screener", password="secret",
+                         local_address="2001:db8::1", sip_port=5062, keepalive_interval=0)
+    core.registration.cfg = core.cfg
+    core.add_provider_ips({"2001:db8::5"})
+    core.start_registration(0.0)
+    core.events()
+    core.resolved(("2001:db8::5", 5070), None, {"2001:db8::5"}, 0.1)
+    [(req, dest)] = sent(core)
+    assert req.uri == "sip:[2001:db8::5]:5070" and dest == ("2001:db8::5", 5070)
+    assert req.get("to") == "<sip:screener@[2001:db8::5]>"
+    assert split_hostport("[2001:db8::5]:5080", 5060) == ("2001:db8::5", 5080)
+    assert split_hostport("[2001:db8::5]", 5060) == ("2001:db8::5", 5060)

@@ -447,12 +447,13 @@ class SipCore:
         except ParseError:
             return
         reason = "".join(ch if ch.isprintable() else "?" for ch in reason)
-        self._out.append((build_response(msg, addr, code, reason), addr))
+        self._out.append((build_response(msg, addr, code, reason, to_tag=token(self.rng, 6)), addr))
 
     def _respond(self, req: Message, addr: Addr, code: int, reason: str, now: float,
                  extra: list[tuple[str, str]] | None = None, body: bytes = b"", to_tag: str | None = None) -> None:
-        # B4: replies go to the request's source address and port
-        data = build_response(req, addr, code, reason, extra, body, to_tag)
+        # B4: replies go to the request's source address and port; every final response carries a To tag
+        # (RFC 3261 8.2.6.2): the dialog's own, else a fresh one (build_response keeps a tag already there)
+        data = build_response(req, addr, code, reason, extra, body, to_tag or token(self.rng, 6))
         method = req.method.upper()
         if code >= 200 and method not in ("INVITE", "ACK") and req.branch.startswith("z9hG4bK"):
             tx = ServerTransaction(req.branch, method, self.timing)

@@ -27,8 +27,8 @@ from screener.sip.transactions import ServerInviteTransaction
 from screener.text import clean
 
 SUPPORTED: frozenset[str] = frozenset()  # option tags we implement; another in Require: we ring, never answer
-REASONS = {180: "Ringing", 480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated",
-           488: "Not Acceptable Here", 603: "Decline", 607: "Unwanted"}
+REASONS = {180: "Ringing", 420: "Bad Extension", 480: "Temporarily Unavailable", 486: "Busy Here",
+           487: "Request Terminated", 488: "Not Acceptable Here", 603: "Decline", 607: "Unwanted"}
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,15 @@ REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds f
 
 
 def format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+    """A host as it goes into a URI or Via: an IPv6 address in brackets (RFC 3261 25.1)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def split_hostport(value: str, default_port: int) -> tuple[str, int]:
+    if value.startswith("["):  # "[2001:db8::1]:5060": an IPv6 address, bracketed (RFC 3261 25.1)
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+        return host, int(port) if port.isdigit() else default_port
     host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
     return host, int(port) if port else default_port
 
@@ -448,8 +453,9 @@ class Registration:
     def aor_domain(self) -> str:
         cfg = self.cfg
         if cfg.domain:
-            return cfg.domain
-        return cfg.server if cfg.port == 5060 else f"{cfg.server}:{cfg.port}"
+            return format_host(cfg.domain)
+        host = format_host(cfg.server)
+        return host if cfg.port == 5060 else f"{host}:{cfg.port}"
 
     def _send_register(self, expires: int, now: float) -> None:
         assert self.dest is not None
@@ -462,7 +468,7 @@ class Registration:
     def _register_request(self, expires: int) -> bytes:
         cfg = self.cfg
         uri = f"sip:{self.aor_domain()}"
-        aor = f"<sip:{cfg.username}@{cfg.sip_domain}>"
+        aor = f"<sip:{cfg.username}@{format_host(cfg.sip_domain)}>"
         self._cseq += 1
         self._branch = new_branch(self.rng)
         headers = [("via", self.contact.via(self._branch)), ("max-forwards", "70")]
