@@ -218,3 +218,45 @@ def test_an_ipv6_registrar_is_bracketed_in_uris():
     assert req.get("to") == "<sip:screener@[2001:db8::5]>"
     assert split_hostport("[2001:db8::5]:5080", 5060) == ("2001:db8::5", 5080)
     assert split_hostport("[2001:db8::5]", 5060) == ("2001:db8::5", 5060)
+
+
+# -- 5. CSeq order, challenged BYE ------------------------------------------------------------------------------
+
+
+def test_an_in_dialog_request_with_a_lower_cseq_gets_500():
+    core, ok = confirmed()
+    to = ok.get("to") or ""
+    info = "Content-Type: application/dtmf\r\n"
+    core.receive_datagram(in_dialog("INFO", "c1", to, 5, "z9hG4bKi5", "1", info), PROVIDER, 1.0)
+    core.receive_datagram(in_dialog("INFO", "c1", to, 4, "z9hG4bKi4", "2", info), PROVIDER, 1.1)
+    core.receive_datagram(in_dialog("INFO", "c1", to, 5, "z9hG4bKi5b", "3", info), PROVIDER, 1.2)  # equal: fine
+    core.receive_datagram(in_dialog("BYE", "c1", to, 3, "z9hG4bKb3"), PROVIDER, 1.3)
+    assert [(m.status, m.cseq[0]) for m, _ in sent(core)] == [(200, 5), (500, 4), (200, 5), (500, 3)]
+    assert core.events() == [Digit("c1", "1"), Digit("c1", "3")]
+    assert core.active_calls == 1
+    core.receive_datagram(in_dialog("BYE", "c1", to, 6, "z9hG4bKb6"), PROVIDER, 1.4)
+    assert [m.status for m, _ in sent(core)] == [200] and core.active_calls == 0
+
+
+def test_a_challenged_bye_is_sent_once_more_with_credentials():
+    from sip_core_support import reply
+
+    for code, asked, answered in ((401, "WWW-Authenticate", "authorization"),
+                                  (407, "Proxy-Authenticate", "proxy-authorization")):
+        core, _ = confirmed()
+        core.hangup("c1", 2.0)
+        [(bye, dest)] = sent(core)
+        assert bye.method == "BYE" and answered not in bye
+        chal = f'{asked}: Digest realm="r", nonce="n9", qop="auth", algorithm=SHA-256'
+        core.receive_datagram(reply(bye, code, "Unauthorized", chal), PROVIDER, 2.1)
+        [(bye2, dest2)] = sent(core)
+        assert bye2.method == "BYE" and dest2 == dest and bye2.cseq == (bye.cseq[0] + 1, "BYE")
+        assert bye2.branch != bye.branch and bye2.call_id == bye.call_id and bye2.get("to") == bye.get("to")
+        value = bye2.get(answered) or ""
+        assert value.startswith("Digest ") and 'username="screener"' in value and "algorithm=SHA-256" in value
+        core.receive_datagram(reply(bye2, code, "Unauthorized", chal), PROVIDER, 2.2)  # only once
+        assert sent(core) == []
+        assert core.next_timer() is not None
+        while (when := core.next_timer()) is not None:
+            core.handle_timer(when)
+        assert core.pending_transactions == 0 and not core._byes

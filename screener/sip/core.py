@@ -26,6 +26,7 @@ from screener.sip.dialogs import (
     IncomingCall,
     Tombstone,
     answer_plan,
+    authorized_retry,
     build_response,
     bye_destination,
     bye_request,
@@ -159,6 +160,7 @@ class SipCore:
         self._done: dict[str, Tombstone] = {}  # call-id -> tombstone of an ended call (see _retire)
         self._client: dict[str, ClientTransaction] = {}  # branch -> a request we sent
         self._server: dict[str, ServerTransaction] = {}  # see _server_key -> a request we answered
+        self._byes: dict[str, tuple[bytes, Addr, bool]] = {}  # branch -> (our BYE, where to, already retried)
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
@@ -388,6 +390,12 @@ class SipCore:
                 self._client_result(tx.branch, None, now)
 
     def _client_result(self, branch: str, resp: Message | None, now: float) -> None:
+        bye = self._byes.pop(branch, None)
+        if bye is not None:
+            data, dest, retried = bye
+            if resp is not None and resp.status in (401, 407) and not retried:
+                self._bye_with_credentials(data, dest, resp, now)
+            return
         reg = self.registration
         if reg is not None and reg.owns(branch):
             reg.on_result(branch, resp, now)
@@ -469,6 +477,15 @@ class SipCore:
         # RFC 3261 17.2.3 matches branch, sent-by and method; the Call-ID and CSeq are added because some
         # senders (and the RFC 4475 torture messages) reuse a branch for different requests
         return f"{req.branch} {req.method.upper()} {req.call_id} {req.get('cseq')}"
+
+    def _in_order(self, d: Dialog, msg: Message, addr: Addr, now: float) -> bool:
+        """RFC 3261 12.2.2: a request with a CSeq lower than the dialog's last one gets 500; else it becomes the
+        last one."""
+        if msg.cseq[0] < d.remote_cseq:
+            self._respond(msg, addr, 500, "Server Internal Error (CSeq out of order)", now)
+            return False
+        d.remote_cseq = msg.cseq[0]
+        return True
 
     def _in_dialog(self, msg: Message) -> Dialog | None:
         d = self._dialogs.get(msg.call_id)
@@ -592,6 +609,8 @@ class SipCore:
         if d is None or d.state not in (DState.ANSWERED, DState.CONFIRMED):
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # B15: unknown BYE is 481
             return
+        if not self._in_order(d, msg, addr, now):
+            return
         self._respond(msg, addr, 200, "OK", now)
         self._end(d, "bye", DEvent.BYE_IN, now)
 
@@ -605,6 +624,8 @@ class SipCore:
         if d is None:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
             return
+        if not self._in_order(d, msg, addr, now):
+            return
         self._respond(msg, addr, 200, "OK", now)
         self._events.extend(Digit(d.key, key) for key in dtmf_relay_keys(msg))
 
@@ -612,6 +633,8 @@ class SipCore:
         d = self._in_dialog(msg)
         if d is None:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+            return
+        if not self._in_order(d, msg, addr, now):
             return
         offer = sdp_body(msg)
         body = b""
@@ -660,6 +683,8 @@ class SipCore:
             # RFC 3261 14.2: a second re-INVITE while our 2xx to the first waits for its ACK
             self._respond(msg, addr, 500, "Server Internal Error", now,
                           [("retry-after", str(self.rng.randrange(0, 11)))])
+            return
+        if not self._in_order(d, msg, addr, now):
             return
         offer = sdp_body(msg)
         body = d.local_sdp  # B14: a session refresh without an offer gets ours (its ACK brings the answer)
@@ -791,10 +816,24 @@ class SipCore:
         data = bye_request(d, self.contact, branch)
         proxy = split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
         dest = bye_destination(d, proxy)
+        self._start_bye(data, dest, branch, False, now)
+
+    def _start_bye(self, data: bytes, dest: Addr, branch: str, retried: bool, now: float) -> None:
         tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
         self._client[branch] = tx
+        self._byes[branch] = (data, dest, retried)
         self._send_all(tx.start(), dest)
         self._arm("client", branch, tx.timer_at)
+
+    def _bye_with_credentials(self, data: bytes, dest: Addr, challenge: Message, now: float) -> None:
+        """A BYE challenged with 401/407 goes once more with credentials (RFC 3261 22.2): the call must end."""
+        branch = new_branch(self.rng)
+        retry = authorized_retry(data, challenge, self.contact, branch, self.cfg.auth_user, self.cfg.password,
+                                 token(self.rng, 8))
+        if retry is None:
+            log.warning("screener: BYE challenged with a digest screener cannot answer")
+            return
+        self._start_bye(retry, dest, branch, True, now)
 
     def _end(self, d: Dialog, reason: str, event: DEvent | None, now: float) -> None:
         """Over for the handler; with `event` the dialog itself ends (else it waits for the ACK, then BYE)."""

@@ -11,12 +11,14 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from screener.sip import auth
 from screener.sip.message import (
     Message,
     ParseError,
     Sdp,
     name_addr,
     params,
+    parse,
     parse_sdp,
     parse_uri,
     sdp_body,
@@ -205,6 +207,25 @@ def bye_request(d: Dialog, contact: Contact, branch: str) -> bytes:
     headers += [("from", local), ("to", inv.get("from") or ""), ("call-id", d.call_id),
                 ("cseq", f"{d.local_cseq} BYE"), ("user-agent", USER_AGENT)]
     return Message(method="BYE", uri=d.remote_target, headers=headers).to_bytes()
+
+
+def authorized_retry(data: bytes, challenge: Message, contact: Contact, branch: str, user: str, password: str,
+                     cnonce: str) -> bytes | None:
+    """An in-dialog request of ours (BYE) again, answering the 401/407 `challenge` (RFC 3261 22.2): a new branch,
+    the next CSeq, the credentials; None when the challenge cannot be answered."""
+    header = "www-authenticate" if challenge.status == 401 else "proxy-authenticate"
+    req = parse(data)
+    try:
+        chosen = auth.best_challenge(challenge.get_all(header))
+        value = auth.authorization(chosen, req.method, req.uri, user, password, 1, cnonce, body=req.body)
+    except ValueError:
+        return None
+    number, method = req.cseq
+    headers = [("via", contact.via(branch))] + [
+        (k, f"{number + 1} {method}" if k == "cseq" else v) for k, v in req.headers
+        if k not in ("via", "authorization", "proxy-authorization", "content-length")]
+    headers.append(("authorization" if challenge.status == 401 else "proxy-authorization", value))
+    return Message(method=req.method, uri=req.uri, headers=headers, body=req.body).to_bytes()
 
 
 def _is_ip(host: str) -> bool:
