@@ -260,3 +260,29 @@ def test_a_challenged_bye_is_sent_once_more_with_credentials():
         while (when := core.next_timer()) is not None:
             core.handle_timer(when)
         assert core.pending_transactions == 0 and not core._byes
+
+
+# -- 6. RFC 3263 failover ---------------------------------------------------------------------------------------
+
+
+def test_a_registrar_target_that_does_not_answer_fails_over_to_the_next():
+    from screener.sip.registration import StatusChange
+
+    core = make_core(register=True)
+    core.start_registration(0.0)
+    core.events()
+    second, third = ("192.0.2.20", 5070), ("192.0.2.30", 5060)
+    core.resolved(PROVIDER, None, {PROVIDER[0]}, 0.1, (second, third))
+    assert core.is_trusted(second[0]) and core.is_trusted(third[0])
+    dests = []
+    t = 0.1
+    for _ in range(200):
+        dests += [d for _, d in sent(core)]
+        if third in dests or (t := core.next_timer()) is None:
+            break
+        core.handle_timer(t)
+    order = list(dict.fromkeys(dests))
+    assert order == [PROVIDER, second, third]
+    assert not any(isinstance(e, StatusChange) and e.state == "failed" for e in core.events())
+    last = core.registration.dest
+    assert last == third

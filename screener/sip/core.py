@@ -273,11 +273,12 @@ class SipCore:
             self.registration.stop(now)
             self._pump_registration(now)
 
-    def resolved(self, dest: Addr, local: str | None, provider_ips: set[str], now: float) -> None:
-        """The shell's answer to ResolveProvider."""
-        self.provider_ips |= provider_ips
+    def resolved(self, dest: Addr, local: str | None, provider_ips: set[str], now: float,
+                 alternatives: tuple[Addr, ...] = ()) -> None:
+        """The shell's answer to ResolveProvider: the first target, and the ones to fail over to (RFC 3263)."""
+        self.provider_ips |= provider_ips | {dest[0]} | {a[0] for a in alternatives}
         if self.registration is not None:
-            self.registration.resolved(dest, local, now)
+            self.registration.resolved(dest, local, now, alternatives)
             self._pump_registration(now)
 
     def resolve_failed(self, error: str, provider_ips: set[str], now: float) -> None:

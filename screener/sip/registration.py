@@ -168,6 +168,7 @@ class Registration:
         self.outbox: list[SendRequest | ResolveProvider | StatusChange] = []
         self.timer_at: float | None = None
         self.dest: tuple[str, int] | None = None
+        self.alternatives: list[tuple[str, int]] = []  # the next targets of the resolution (RFC 3263 4.3)
         self.expires = cfg.register_expires
         self._callid = token(rng, 10)
         self._tag = token(rng, 6)
@@ -221,7 +222,9 @@ class Registration:
             self._refresh(now)
         return True
 
-    def resolved(self, dest: tuple[str, int], local: str | None, now: float) -> None:
+    def resolved(self, dest: tuple[str, int], local: str | None, now: float,
+                 alternatives: tuple[tuple[str, int], ...] = ()) -> None:
+        """`dest` answers the ResolveProvider; `alternatives` are the targets to fail over to, in order."""
         if self.state is not RegState.RESOLVING:
             return
         host = self._target()[0]
@@ -231,6 +234,7 @@ class Registration:
                 return
             self.contact.host = local
         self.dest = dest
+        self.alternatives = [a for a in alternatives if a != dest]
         self._go(RegEvent.RESOLVED)
         self._auth_tries = self._tries_423 = 0
         self._send_register(self.expires, now)
@@ -270,6 +274,12 @@ class Registration:
         stopping = self.state is RegState.UNREGISTERING
         dest = self.dest or ("", 0)
         if resp is None:
+            if self.alternatives and not stopping:  # RFC 3263 4.3: a target that does not answer -> the next
+                self.dest = self.alternatives.pop(0)
+                log.info("screener: no answer from %s:%d: trying %s:%d", format_host(dest[0]), dest[1],
+                         format_host(self.dest[0]), self.dest[1])
+                self._send_register(self.expires, now)
+                return
             self._fail(f"no answer from {format_host(dest[0])}:{dest[1]}", None, True, now)
             return
         code = resp.status
