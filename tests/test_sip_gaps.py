@@ -286,3 +286,60 @@ def test_a_registrar_target_that_does_not_answer_fails_over_to_the_next():
     assert not any(isinstance(e, StatusChange) and e.state == "failed" for e in core.events())
     last = core.registration.dest
     assert last == third
+
+
+# -- 7. 100rel (RFC 3262) ---------------------------------------------------------------------------------------
+
+
+def prack(to: str, rseq: int, cseq: int = 2, branch: str = "z9hG4bKpr") -> bytes:
+    return in_dialog("PRACK", "c1", to, cseq, branch, "", f"RAck: {rseq} 1 INVITE\r\n")
+
+
+def test_a_180_goes_reliably_until_its_prack_then_the_call_is_answerable():
+    for header in ("Require: 100rel\r\n", "Supported: timer, 100rel\r\n"):
+        core = make_core()
+        core.receive_datagram(invite(extra=header), PROVIDER, 0.0)
+        sent(core)
+        [ev] = core.events()
+        assert ev.info.cannot_serve == ""  # 100rel no longer makes a call un-servable
+        assert core.ring("c1", 0.1)
+        [(r180, _)] = sent(core)
+        rseq = int(r180.get("rseq") or 0)
+        assert r180.status == 180 and r180.get("require") == "100rel" and rseq > 0
+        assert core.ring("c1", 0.2) and sent(core) == []  # one unacknowledged at a time
+        core.handle_timer(0.6)
+        core.handle_timer(1.6)
+        assert [m.get("rseq") for m, _ in sent(core)] == [str(rseq)] * 2  # T1, then 2*T1
+        to = r180.get("to") or ""
+        core.receive_datagram(prack(to, rseq + 1, branch="z9hG4bKwrong"), PROVIDER, 1.7)
+        assert [m.status for m, _ in sent(core)] == [481]
+        core.receive_datagram(prack(to, rseq), PROVIDER, 1.8)
+        [(ok, _)] = sent(core)
+        assert ok.status == 200 and ok.cseq == (2, "PRACK")
+        core.handle_timer(10.0)
+        assert sent(core) == []  # no more 180s
+        plan = core.answer_plan("c1", 10.0)
+        assert plan is not None and core.answer("c1", plan, 41000, 10.0)
+        assert [m.status for m, _ in sent(core)] == [200]
+
+
+def test_a_reliable_180_never_pracked_ends_in_500():
+    core = make_core()
+    core.receive_datagram(invite(extra="Require: 100rel\r\n"), PROVIDER, 0.0)
+    core.ring("c1", 0.0)
+    sent(core), core.events()
+    statuses = []
+    while (when := core.next_timer()) is not None and when <= 32.0:
+        core.handle_timer(when)
+        statuses += [m.status for m, _ in sent(core)]
+    assert statuses.count(180) >= 6 and 500 in statuses
+    assert statuses.index(500) > statuses.index(180)
+
+
+def test_without_100rel_the_180_is_plain():
+    core = make_core()
+    core.receive_datagram(invite(), PROVIDER, 0.0)
+    core.ring("c1", 0.0)
+    [_, (r180, _)] = sent(core)
+    assert "rseq" not in r180 and "require" not in r180
+    assert core.next_timer() is None

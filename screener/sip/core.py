@@ -317,6 +317,9 @@ class SipCore:
         if kind == "invite":
             d = self._dialogs.get(key)
             return d.tx.timer_at if d is not None else None
+        if kind == "rel":
+            d = self._dialogs.get(key)
+            return d.rel_at if d is not None else None
         if kind == "reinvite":
             d = self._dialogs.get(key)
             return d.reinvite.timer_at if d is not None and d.reinvite is not None else None
@@ -342,6 +345,8 @@ class SipCore:
                 self._invite_timer(self._dialogs[key], now)
             elif kind == "reinvite":
                 self._reinvite_timer(self._dialogs[key], now)
+            elif kind == "rel":
+                self._reliable_timer(self._dialogs[key], now)
             elif kind == "dialog":
                 self._ring_expired(self._dialogs[key], now)
             elif kind == "tomb":
@@ -375,6 +380,21 @@ class SipCore:
             log.info("screener: no ACK for the 200 OK to the re-INVITE of %s", d.call_id)  # RFC 3261 14.2
             self._send_bye(d, now)
             self._end(d, "no_ack", DEvent.BYE_OUT, now)
+
+    def _reliable_timer(self, d: Dialog, now: float) -> None:
+        """RFC 3262 3: the reliable provisional again (T1, doubling) until its PRACK; none in 64*T1: 500."""
+        if d.reliable is None or d.state is not DState.RINGING:
+            d.rel_at, d.reliable = None, None
+            return
+        if now >= d.rel_deadline:
+            d.rel_at, d.reliable = None, None
+            log.info("screener: no PRACK for the reliable 180 of %s", d.call_id)
+            self._reject(d, 500, "error", now)
+            return
+        self._send_all([d.reliable], d.addr)
+        d.rel_interval *= 2
+        d.rel_at = min(now + d.rel_interval, d.rel_deadline)
+        self._arm("rel", d.key, d.rel_at)
 
     def _ring_expired(self, d: Dialog, now: float) -> None:
         """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
@@ -435,7 +455,7 @@ class SipCore:
         handler = {
             "INVITE": self._on_invite, "ACK": self._on_ack, "CANCEL": self._on_cancel, "BYE": self._on_bye,
             "OPTIONS": self._on_options, "INFO": self._on_info, "UPDATE": self._on_update,
-            "NOTIFY": self._on_notify, "PRACK": self._on_in_dialog_only,
+            "NOTIFY": self._on_notify, "PRACK": self._on_prack,
         }.get(method)
         if handler is None:
             # B15: every method gets an answer
@@ -672,6 +692,21 @@ class SipCore:
     def _on_notify(self, msg: Message, addr: Addr, now: float) -> None:
         self._respond(msg, addr, 200, "OK", now)  # unsolicited NOTIFY (message waiting) from routers
 
+    def _on_prack(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._in_dialog(msg)
+        rack = (msg.get("rack") or "").split()
+        try:
+            acked = (int(rack[0]), int(rack[1]), rack[2].upper()) if len(rack) == 3 else None
+        except ValueError:
+            acked = None
+        if d is None or acked != (d.rseq, d.invite.cseq[0], "INVITE") or d.rseq == 0:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # RFC 3262 7.2
+            return
+        if not self._in_order(d, msg, addr, now):
+            return
+        d.reliable, d.rel_at = None, None  # its retransmissions stop
+        self._respond(msg, addr, 200, "OK", now)
+
     def _on_in_dialog_only(self, msg: Message, addr: Addr, now: float) -> None:
         self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
 
@@ -727,8 +762,17 @@ class SipCore:
             return False
         # B18: our own Contact, and the Record-Route the dialog needs
         extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set]
+        if d.wants_100rel:
+            if d.reliable is not None:
+                return True  # RFC 3262 3: one unacknowledged reliable provisional at a time; it still rings
+            d.rseq = d.rseq + 1 if d.rseq else self.rng.randrange(1, 2**31)
+            extra += [("require", "100rel"), ("rseq", str(d.rseq))]
         data = build_response(d.invite, d.addr, 180, "Ringing", extra, to_tag=d.to_tag)
         self._send_all(d.tx.respond(180, data, now), d.addr)
+        if d.wants_100rel:  # retransmitted (T1, doubling) until its PRACK (RFC 3262 3)
+            d.reliable, d.rel_interval, d.rel_deadline = data, self.timing.t1, now + 64 * self.timing.t1
+            d.rel_at = now + d.rel_interval
+            self._arm("rel", d.key, d.rel_at)
         return True
 
     def decline(self, key: str, code: int, now: float, why: str = "declined") -> bool:
@@ -806,6 +850,7 @@ class SipCore:
         """A final response to the INVITE, retransmitted until the ACK (B5)."""
         if code < 300:
             extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set] + extra
+        d.reliable, d.rel_at = None, None  # a final response ends the reliable provisional's retransmissions
         reason = "OK" if code == 200 else REASONS.get(code, "Decline")
         data = build_response(d.invite, d.addr, code, reason, extra, body, to_tag=d.to_tag)
         self._send_all(d.tx.respond(code, data, now), d.addr)

@@ -28,9 +28,11 @@ from screener.sip.registration import USER_AGENT, Contact
 from screener.sip.transactions import ServerInviteTransaction
 from screener.text import clean
 
-SUPPORTED: frozenset[str] = frozenset()  # option tags we implement; another in Require: we ring, never answer
+# option tags we implement (RFC 3262 reliable provisionals); another in Require: we ring, never answer
+SUPPORTED: frozenset[str] = frozenset({"100rel"})
 REASONS = {180: "Ringing", 420: "Bad Extension", 480: "Temporarily Unavailable", 486: "Busy Here",
-           487: "Request Terminated", 488: "Not Acceptable Here", 603: "Decline", 607: "Unwanted"}
+           487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error", 603: "Decline",
+           607: "Unwanted"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ class Dialog:
         self.reinvite: ServerInviteTransaction | None = None  # the latest re-INVITE we answered
         self.reinvite_cseq = 0
         self.reinvite_late = False  # that re-INVITE had no offer: its ACK brings the answer to ours
+        self.rseq = 0  # RSeq of our latest reliable provisional response (RFC 3262)
+        self.reliable: bytes | None = None  # that response while its PRACK has not come
+        self.rel_at: float | None = None  # when it goes again
+        self.rel_interval = 0.0
+        self.rel_deadline = 0.0
         self.route_set = invite.get_all("record-route")  # B5/B4: kept and used for in-dialog requests
         contacts = invite.get_all("contact")
         self.remote_target = name_addr(contacts[0]).uri if contacts else name_addr(invite.get("from") or "").uri
@@ -142,7 +149,15 @@ class Dialog:
 
     @property
     def requires_100rel(self) -> bool:
-        return any(t.strip().lower() == "100rel" for r in self.invite.get_all("require") for t in r.split(","))
+        return self._has_tag("require", "100rel")
+
+    @property
+    def wants_100rel(self) -> bool:
+        """The caller requires or supports reliable provisional responses: we send them (RFC 3262 3)."""
+        return self._has_tag("require", "100rel") or self._has_tag("supported", "100rel")
+
+    def _has_tag(self, header: str, tag: str) -> bool:
+        return any(t.strip().lower() == tag for r in self.invite.get_all(header) for t in r.split(","))
 
     def go(self, event: DEvent) -> None:
         try:

@@ -20,7 +20,7 @@ from screener.sip.transactions import Timing
 log = logging.getLogger("screener.sip")
 
 USER_AGENT = f"screener/{__version__}"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, PRACK"
 REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds for INVITEs not sent to our contact
 
 

@@ -175,9 +175,7 @@ class Call:
     # -- actions --
 
     def ring(self) -> bool:
-        """Send 180 Ringing (nothing when the caller requires reliable provisionals); False when it is over."""
-        if self.requires_100rel:
-            return not self.ended  # an unreliable 180 would break 100rel: the caller's side rings by itself
+        """Send 180 Ringing (reliably, RFC 3262, when the caller requires or supports 100rel); False when over."""
         return self._control.ring(self.key)
 
     def decline(self, code: int = 603) -> bool:
