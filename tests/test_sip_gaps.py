@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sip_core_support import PROVIDER, ack, in_dialog, invite, make_core, sent
 
-from screener.sip.core import Digit, MediaUpdate
+from screener.sip.core import CallEnded, Digit, MediaUpdate
 from screener.sip.message import Message, parse_sdp
 
 V4 = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
@@ -343,3 +343,66 @@ def test_without_100rel_the_180_is_plain():
     [_, (r180, _)] = sent(core)
     assert "rseq" not in r180 and "require" not in r180
     assert core.next_timer() is None
+
+
+# -- 7. session timers (RFC 4028, as the UAS) -------------------------------------------------------------------
+
+
+def timed_call(headers: str):
+    core = make_core()
+    core.receive_datagram(invite(extra=headers), PROVIDER, 0.0)
+    [ev] = core.events()
+    assert ev.info.cannot_serve == ""  # Require: timer no longer makes a call un-servable
+    assert core.answer("c1", core.answer_plan("c1", 0.0), 41000, 0.0)
+    ok = [m for m, _ in sent(core) if m.status == 200][0]
+    core.receive_datagram(ack("c1", ok), PROVIDER, 0.1)
+    sent(core), core.events()
+    return core, ok
+
+
+def test_session_timer_honoured_refreshes_answered_and_a_missing_refresh_ends_the_call():
+    core, ok = timed_call("Require: timer\r\nSupported: timer\r\nSession-Expires: 120\r\nMin-SE: 90\r\n")
+    assert ok.get("session-expires") == "120;refresher=uac" and ok.get("require") == "timer"
+    assert "timer" in (ok.get("supported") or "")
+    assert core.next_timer() == 120 - 32
+    to = ok.get("to") or ""
+    refresh = in_dialog("INVITE", "c1", to, 2, "z9hG4bKref", offer(), "Content-Type: application/sdp\r\n"
+                        "Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n")
+    core.receive_datagram(refresh, PROVIDER, 60.0)
+    [(r200, _)] = sent(core)
+    assert r200.status == 200 and r200.get("session-expires") == "90;refresher=uac"
+    core.receive_datagram(in_dialog("ACK", "c1", to, 2, "z9hG4bKackref"), PROVIDER, 60.1)
+    upd = in_dialog("UPDATE", "c1", to, 3, "z9hG4bKupd2", "", "Session-Expires: 90;refresher=uac\r\n")
+    core.receive_datagram(upd, PROVIDER, 100.0)
+    [(u200, _)] = sent(core)
+    assert u200.status == 200 and u200.get("session-expires") == "90;refresher=uac"
+    assert core.dialog("c1").session_at == 100.0 + 90 - 30
+    core.handle_timer(159.9)
+    assert sent(core) == []
+    core.handle_timer(160.0)  # no refresh came: BYE, shortly before the session would expire
+    [(bye, _)] = sent(core)
+    assert bye.method == "BYE"
+    ended = [e for e in core.events() if isinstance(e, CallEnded)]
+    assert [e.reason for e in ended] == ["session_expired"]
+
+
+def test_a_caller_without_timer_support_makes_us_the_refresher():
+    from sip_core_support import reply
+
+    core, ok = timed_call("Session-Expires: 1800\r\n")
+    assert ok.get("session-expires") == "1800;refresher=uas" and ok.get("require") is None
+    assert core.next_timer() == 900.0
+    core.handle_timer(900.0)
+    [(upd, _)] = sent(core)
+    assert upd.method == "UPDATE" and upd.body == b"" and upd.get("contact")
+    core.receive_datagram(reply(upd, 200, "OK"), PROVIDER, 900.1)
+    assert core.active_calls == 1 and core.dialog("c1").session_at == 1800.0
+    core.handle_timer(1800.0)
+    [(upd2, _)] = [(m, d) for m, d in sent(core) if m.method == "UPDATE"]
+    core.receive_datagram(reply(upd2, 481, "Call/Transaction Does Not Exist"), PROVIDER, 1800.1)
+    assert [m.method for m, _ in sent(core)] == ["BYE"]
+
+
+def test_no_session_expires_no_session_timer():
+    core, ok = timed_call("Supported: timer\r\n")
+    assert ok.get("session-expires") is None and core.next_timer() is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from screener.config import SipConfig
 from screener.sip.dialogs import (
     REASONS,
+    SUPPORTED,
     AnswerPlan,
     DEvent,
     Dialog,
@@ -32,9 +33,11 @@ from screener.sip.dialogs import (
     bye_request,
     choose_codec,
     dtmf_relay_keys,
+    in_dialog_request,
     incoming_info,
     local_sdp,
     servable,
+    session_timer,
 )
 from screener.sip.message import (
     Message,
@@ -161,6 +164,7 @@ class SipCore:
         self._client: dict[str, ClientTransaction] = {}  # branch -> a request we sent
         self._server: dict[str, ServerTransaction] = {}  # see _server_key -> a request we answered
         self._byes: dict[str, tuple[bytes, Addr, bool]] = {}  # branch -> (our BYE, where to, already retried)
+        self._refreshes: dict[str, str] = {}  # branch of our session refresh (UPDATE) -> its call's key
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
@@ -320,6 +324,9 @@ class SipCore:
         if kind == "rel":
             d = self._dialogs.get(key)
             return d.rel_at if d is not None else None
+        if kind == "session":
+            d = self._dialogs.get(key)
+            return d.session_at if d is not None else None
         if kind == "reinvite":
             d = self._dialogs.get(key)
             return d.reinvite.timer_at if d is not None and d.reinvite is not None else None
@@ -347,6 +354,8 @@ class SipCore:
                 self._reinvite_timer(self._dialogs[key], now)
             elif kind == "rel":
                 self._reliable_timer(self._dialogs[key], now)
+            elif kind == "session":
+                self._session_timer(self._dialogs[key], now)
             elif kind == "dialog":
                 self._ring_expired(self._dialogs[key], now)
             elif kind == "tomb":
@@ -396,6 +405,52 @@ class SipCore:
         d.rel_at = min(now + d.rel_interval, d.rel_deadline)
         self._arm("rel", d.key, d.rel_at)
 
+    # -- session timers (RFC 4028, as the UAS) --
+
+    def _session_headers(self, d: Dialog, req: Message, now: float) -> list[tuple[str, str]]:
+        """Take the session interval of `req` (the INVITE or a refresh), arm its timer; the 2xx's headers."""
+        st = session_timer(req, d.refresher if d.session_expires else "uac")
+        if st is None:  # a refresh without Session-Expires turns the timer off (RFC 4028 9)
+            d.session_expires, d.session_at = 0, None
+            return []
+        d.session_expires, d.refresher = st
+        n = d.session_expires
+        # the refresher refreshes at half the interval; the other side ends the session shortly before it
+        # expires (RFC 4028 10: the interval less min(32 s, a third of it))
+        d.session_at = now + (n / 2 if d.refresher == "uas" else n - min(32, n / 3))
+        self._arm("session", d.key, d.session_at)
+        extra = [("session-expires", f"{n};refresher={d.refresher}")]
+        return extra + ([("require", "timer")] if d.refresher == "uac" else [])
+
+    def _session_timer(self, d: Dialog, now: float) -> None:
+        d.session_at = None
+        if d.state not in (DState.ANSWERED, DState.CONFIRMED) or d.end_reason is not None:
+            return
+        if d.refresher == "uac":
+            log.info("screener: no session refresh for %s within %d s: ending it", d.call_id, d.session_expires)
+            self._send_bye(d, now)
+            self._end(d, "session_expired", DEvent.BYE_OUT, now)
+            return
+        branch = new_branch(self.rng)  # we are the refresher: an UPDATE without a body (RFC 4028 7.4)
+        data = in_dialog_request(d, self.contact, branch, "UPDATE")
+        proxy = split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
+        dest = bye_destination(d, proxy)
+        tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
+        self._client[branch] = tx
+        self._refreshes[branch] = d.key
+        self._send_all(tx.start(), dest)
+        self._arm("client", branch, tx.timer_at)
+        d.session_at = now + d.session_expires / 2
+        self._arm("session", d.key, d.session_at)
+
+    def _refresh_result(self, key: str, resp: Message | None, now: float) -> None:
+        d = self._dialogs.get(key)
+        if d is None or d.state not in (DState.ANSWERED, DState.CONFIRMED) or d.end_reason is not None:
+            return
+        if resp is None or resp.status in (408, 481):  # RFC 5057: the dialog is gone -> end it
+            self._send_bye(d, now)
+            self._end(d, "session_expired", DEvent.BYE_OUT, now)
+
     def _ring_expired(self, d: Dialog, now: float) -> None:
         """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
         if self._reject(d, 480, "timeout", now):
@@ -411,6 +466,10 @@ class SipCore:
                 self._client_result(tx.branch, None, now)
 
     def _client_result(self, branch: str, resp: Message | None, now: float) -> None:
+        refreshed = self._refreshes.pop(branch, None)
+        if refreshed is not None:
+            self._refresh_result(refreshed, resp, now)
+            return
         bye = self._byes.pop(branch, None)
         if bye is not None:
             data, dest, retried = bye
@@ -665,7 +724,8 @@ class SipCore:
                 self._respond(msg, addr, 488, "Not Acceptable Here", now)
                 return
             body = answer
-        extra = [("contact", self.contact.header())] + ([("content-type", "application/sdp")] if body else [])
+        extra = [("contact", self.contact.header())] + self._session_headers(d, msg, now)
+        extra += [("content-type", "application/sdp")] if body else []
         self._respond(msg, addr, 200, "OK", now, extra, body)
 
     def _offer_answer(self, d: Dialog, offer: bytes) -> bytes | None:
@@ -732,8 +792,9 @@ class SipCore:
             body = answer
         tx = d.reinvite = ServerInviteTransaction(msg.branch, self.timing)
         d.reinvite_cseq, d.reinvite_late = msg.cseq[0], not offer
-        data = build_response(msg, addr, 200, "OK", [("contact", self.contact.header())]
-                              + [("content-type", "application/sdp")] * bool(body), body, to_tag=d.to_tag)
+        extra = [("contact", self.contact.header())] + self._session_headers(d, msg, now)
+        data = build_response(msg, addr, 200, "OK", extra + [("content-type", "application/sdp")] * bool(body),
+                              body, to_tag=d.to_tag)
         self._send_all(tx.respond(200, data, now), addr)  # retransmitted until the ACK (RFC 3261 13.3.1.4)
         self._arm("reinvite", d.key, tx.timer_at)
 
@@ -800,7 +861,8 @@ class SipCore:
         d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, d.sdp_session)
         d.has_media = True
         d.go(DEvent.ANSWER)
-        self._final(d, 200, [("content-type", "application/sdp")], d.local_sdp, now)
+        extra = [("supported", ", ".join(sorted(SUPPORTED)))] + self._session_headers(d, d.invite, now)
+        self._final(d, 200, extra + [("content-type", "application/sdp")], d.local_sdp, now)
         return True
 
     def hangup(self, key: str, now: float, immediate: bool = False) -> None:

@@ -29,7 +29,7 @@ from screener.sip.transactions import ServerInviteTransaction
 from screener.text import clean
 
 # option tags we implement (RFC 3262 reliable provisionals); another in Require: we ring, never answer
-SUPPORTED: frozenset[str] = frozenset({"100rel"})
+SUPPORTED: frozenset[str] = frozenset({"100rel", "timer"})  # timer: RFC 4028 session timers as the UAS
 REASONS = {180: "Ringing", 420: "Bad Extension", 480: "Temporarily Unavailable", 486: "Busy Here",
            487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error", 603: "Decline",
            607: "Unwanted"}
@@ -111,7 +111,8 @@ class Dialog:
         self.key = invite.call_id  # as received (info.call_id is cleaned for display)
         self.state = DState.RINGING
         self.local_cseq = local_cseq
-        self.end_reason: str | None = None  # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout
+        # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout, session_expired
+        self.end_reason: str | None = None
         self.cancel_reason: str | None = None
         self.bye_pending = False
         self.local_sdp = b""
@@ -130,6 +131,9 @@ class Dialog:
         self.rel_at: float | None = None  # when it goes again
         self.rel_interval = 0.0
         self.rel_deadline = 0.0
+        self.session_expires = 0  # RFC 4028: the session interval (0: no session timer)
+        self.refresher = "uac"
+        self.session_at: float | None = None  # when we refresh (refresher uas), or end the call (uac)
         self.route_set = invite.get_all("record-route")  # B5/B4: kept and used for in-dialog requests
         contacts = invite.get_all("contact")
         self.remote_target = name_addr(contacts[0]).uri if contacts else name_addr(invite.get("from") or "").uri
@@ -212,16 +216,7 @@ def build_response(req: Message, addr: tuple[str, int], code: int, reason: str,
 
 def bye_request(d: Dialog, contact: Contact, branch: str) -> bytes:
     """The BYE of our side: it follows the dialog's route set and remote target (B4), not the INVITE's Via."""
-    d.local_cseq += 1
-    inv = d.invite
-    local = inv.get("to") or ""
-    if "tag=" not in local.partition(">")[2]:
-        local += f";tag={d.to_tag}"
-    headers = [("via", contact.via(branch)), ("max-forwards", "70")]
-    headers += [("route", r) for r in d.route_set]
-    headers += [("from", local), ("to", inv.get("from") or ""), ("call-id", d.call_id),
-                ("cseq", f"{d.local_cseq} BYE"), ("user-agent", USER_AGENT)]
-    return Message(method="BYE", uri=d.remote_target, headers=headers).to_bytes()
+    return in_dialog_request(d, contact, branch, "BYE")
 
 
 def authorized_retry(data: bytes, challenge: Message, contact: Contact, branch: str, user: str, password: str,
@@ -241,6 +236,41 @@ def authorized_retry(data: bytes, challenge: Message, contact: Contact, branch: 
         if k not in ("via", "authorization", "proxy-authorization", "content-length")]
     headers.append(("authorization" if challenge.status == 401 else "proxy-authorization", value))
     return Message(method=req.method, uri=req.uri, headers=headers, body=req.body).to_bytes()
+
+
+def session_timer(req: Message, default_refresher: str = "uac") -> tuple[int, str] | None:
+    """RFC 4028 as the UAS: (interval, refresher) for the 2xx to `req`, None when no session timer runs.
+
+    The caller's refresher is kept; without one the caller refreshes when it supports timers, else we do.
+    """
+    value = req.get("session-expires")
+    if value is None:
+        return None
+    number, _, rest = value.partition(";")
+    if not number.strip().isdigit() or int(number) <= 0:
+        return None
+    refresher = params(rest).get("refresher", "").lower()
+    if refresher not in ("uac", "uas"):
+        supports = any(t.strip().lower() == "timer" for h in ("supported", "require") for r in req.get_all(h)
+                       for t in r.split(","))
+        refresher = default_refresher if supports else "uas"
+    return int(number), refresher
+
+
+def in_dialog_request(d: Dialog, contact: Contact, branch: str, method: str) -> bytes:
+    """A request of ours in the dialog (BYE, a session refresh): route set, remote target, the next CSeq (B4)."""
+    d.local_cseq += 1
+    inv = d.invite
+    local = inv.get("to") or ""
+    if "tag=" not in local.partition(">")[2]:
+        local += f";tag={d.to_tag}"
+    headers = [("via", contact.via(branch)), ("max-forwards", "70")]
+    headers += [("route", r) for r in d.route_set]
+    headers += [("from", local), ("to", inv.get("from") or ""), ("call-id", d.call_id),
+                ("cseq", f"{d.local_cseq} {method}"), ("user-agent", USER_AGENT)]
+    if method != "BYE":
+        headers.append(("contact", contact.header()))
+    return Message(method=method, uri=d.remote_target, headers=headers).to_bytes()
 
 
 def _is_ip(host: str) -> bool:

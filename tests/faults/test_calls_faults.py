@@ -51,8 +51,6 @@ SAVP = ("m=audio {port} RTP/SAVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 P
 UNSERVABLE = [
     pytest.param(["Require: precondition", "Supported: precondition"], None, "precondition",
                  id="require-precondition"),
-    pytest.param(["Require: timer", "Supported: timer", "Session-Expires: 1800;refresher=uac"], None, "timer",
-                 id="require-timer"),
     pytest.param([], G722, None, id="g722-only"),
     pytest.param([], OPUS, None, id="opus-only"),
     pytest.param([], SAVP, None, id="srtp-savp"),
