@@ -406,3 +406,5 @@ def test_a_caller_without_timer_support_makes_us_the_refresher():
 def test_no_session_expires_no_session_timer():
     core, ok = timed_call("Supported: timer\r\n")
     assert ok.get("session-expires") is None and core.next_timer() is None
+    core, ok = timed_call("Supported: timer\r\nSession-Expires: 1;refresher=uac\r\n")  # under RFC 4028's 90 s
+    assert ok.get("session-expires") is None and core.next_timer() is None

@@ -238,6 +238,9 @@ def authorized_retry(data: bytes, challenge: Message, contact: Contact, branch: 
     return Message(method=req.method, uri=req.uri, headers=headers, body=req.body).to_bytes()
 
 
+MIN_SE = 90  # s: the shortest session interval RFC 4028 allows
+
+
 def session_timer(req: Message, default_refresher: str = "uac") -> tuple[int, str] | None:
     """RFC 4028 as the UAS: (interval, refresher) for the 2xx to `req`, None when no session timer runs.
 
@@ -247,7 +250,8 @@ def session_timer(req: Message, default_refresher: str = "uac") -> tuple[int, st
     if value is None:
         return None
     number, _, rest = value.partition(";")
-    if not number.strip().isdigit() or int(number) <= 0:
+    if not number.strip().isdigit() or int(number) < MIN_SE:
+        # RFC 4028 forbids intervals under 90 s (4.2); rather than end a call within a second we run no timer
         return None
     refresher = params(rest).get("refresher", "").lower()
     if refresher not in ("uac", "uas"):

@@ -418,7 +418,7 @@ class SipAgent:
                 for info in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM):
                     ips.add(str(info[4][0]).split("%")[0])
             except OSError as e:
-                log.warning("screener: cannot resolve SIP provider %s: %s", host, e)
+                log.warning("screener: cannot resolve SIP provider %s: %s", host, e)  # SRV may still name it
             resolver = self._dns()
             if resolver is not None:
                 try:
