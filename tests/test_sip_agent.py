@@ -354,7 +354,7 @@ def test_rtpmap_for_a_payload_not_offered(provider):
 @pytest.mark.parametrize("body,headers,why", [
     (sdp(40000, "18"), "", "no G.711 in the offer (RTP/AVP 18)"),
     (sdp(40000, "0 8").replace("RTP/AVP", "RTP/SAVP"), "", "no G.711 in the offer (RTP/SAVP PCMA PCMU)"),
-    (sdp(40000, "0 8"), "Require: 100rel, timer\r\n", "requires 100rel, timer"),
+    (sdp(40000, "0 8"), "Require: 100rel, foo\r\n", "requires foo"),
 ])
 def test_calls_we_cannot_serve_reach_the_handler_and_are_never_answered(provider, body, headers, why):
     # a blocked caller must be declined whatever its INVITE requires or offers: the rules come first
@@ -365,12 +365,13 @@ def test_calls_we_cannot_serve_reach_the_handler_and_are_never_answered(provider
         assert rec.calls[0].info.cannot_serve == why
 
 
-def test_a_required_100rel_gets_no_unreliable_180(provider):
+def test_a_required_100rel_gets_a_reliable_180(provider):
     rec = Recorder(lambda call: (call.ring(), call.decline(603)))
     with running_agent(provider, rec) as agent:
         provider.send(invite(agent.local_port, provider, extra="Require: 100rel\r\n"), agent_addr(agent))
-        got = [provider.expect(lambda m: m.status in (100, 180, 603)).status for _ in range(2)]
-        assert got == [100, 603]
+        got = [provider.expect(lambda m: m.status in (100, 180, 603)) for _ in range(3)]
+        assert [m.status for m in got] == [100, 180, 603]
+        assert got[1].get("require") == "100rel" and (got[1].get("rseq") or "").isdigit()
 
 
 def test_invite_without_sdp_is_answered_with_an_offer(provider):

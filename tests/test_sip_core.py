@@ -160,9 +160,9 @@ def test_sip_info_digit_and_reinvite_answer():
 
 def test_requires_and_codecs_we_cannot_serve_reach_the_handler_and_are_not_answerable():
     core = make_core()
-    core.receive_datagram(invite(extra="Require: 100rel\r\n"), PROVIDER, 0.0)
+    core.receive_datagram(invite(extra="Require: 100rel, foo\r\n"), PROVIDER, 0.0)
     [ev] = core.events()
-    assert ev.info.cannot_serve == "requires 100rel" and ev.requires_100rel
+    assert ev.info.cannot_serve == "requires foo" and ev.requires_100rel
     assert core.answer_plan("c1", 0.0) is None
 
 

@@ -356,3 +356,24 @@ def test_a_spoofed_key_does_not_pass_the_challenge(far, stranger):
         assert got == [None, "1"]
     finally:
         provider.close()
+
+
+def test_packets_follow_the_offered_ptime_and_a_hold_sends_nothing(pool, far):
+    s = RtpSession(pool, pool.bind(), "PCMU", 0, None, far.addr, ptime=40)
+    s.start()
+    try:
+        pkts = [far.recv_raw(1) for _ in range(3)]
+        assert all(p is not None and len(p[0]) == 12 + 320 for p in pkts)  # 40 ms of G.711 a packet
+        stamps = [struct.unpack("!I", p[0][4:8])[0] for p in pkts if p is not None]
+        assert [(b - a) & 0xFFFFFFFF for a, b in zip(stamps, stamps[1:], strict=False)] == [320, 320]
+        s.set_ptime(10)
+        s.set_remote(("0.0.0.0", 0))  # a hold (c=0.0.0.0): nothing goes out
+        time.sleep(0.1)
+        while far.recv_raw(0.05) is not None:
+            pass
+        assert far.recv_raw(0.2) is None
+        s.set_remote(far.addr)
+        got = far.recv_raw(1)
+        assert got is not None and len(got[0]) == 12 + 80  # 10 ms now
+    finally:
+        s.stop(wait=1)

@@ -231,3 +231,26 @@ def test_trusted_addresses_cover_every_transport(server):
     assert sorted(trusted_addresses("plain.test", 5060, resolver=server.resolver())) == [
         "192.0.2.50", "192.0.2.51", "2001:db8::50"]
     assert trusted_addresses("192.0.2.7", resolver=server.resolver()) == ["192.0.2.7"]
+
+
+def test_the_agent_registers_at_the_first_target_fails_over_and_trusts_them_all(server):
+    # the shell's DNS step (RFC 3263 wired in): targets in order, the rest for failover, every address trusted
+    from screener.config import SipConfig
+    from screener.sip.registration import ResolveProvider
+    from screener.sip.shell import SipAgent
+
+    cfg = SipConfig(server="provider.test", port=5060, username="screener", password="secret",
+                    local_address="127.0.0.1", sip_port=0, keepalive_interval=0)
+    agent = SipAgent(cfg, lambda call: None, register=True)
+    agent._resolver = server.resolver()
+    agent._command = lambda fn: fn(0.0)  # type: ignore[method-assign]  # no socket loop: run the input at once
+    trusted = agent._provider_addresses()
+    assert {"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.10", "192.0.2.11"} <= trusted
+    agent.core.start_registration(0.0)
+    [req] = [e for e in agent.core.events() if isinstance(e, ResolveProvider)]
+    agent._resolve(req)
+    reg = agent.core.registration
+    assert reg.dest in {("192.0.2.1", 5060), ("192.0.2.2", 5070)}
+    assert set([reg.dest, *reg.alternatives]) == {("192.0.2.1", 5060), ("192.0.2.2", 5070), ("192.0.2.3", 5080)}
+    assert reg.alternatives[-1] == ("192.0.2.3", 5080)  # the lower priority last; IPv6 left out on an IPv4 socket
+    assert all(agent.core.is_trusted(ip) for ip in trusted | {"192.0.2.3"})

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from screener.config import SipConfig
 from screener.sip.dialogs import (
     REASONS,
+    SUPPORTED,
     AnswerPlan,
     DEvent,
     Dialog,
@@ -26,14 +27,17 @@ from screener.sip.dialogs import (
     IncomingCall,
     Tombstone,
     answer_plan,
+    authorized_retry,
     build_response,
     bye_destination,
     bye_request,
     choose_codec,
     dtmf_relay_keys,
+    in_dialog_request,
     incoming_info,
     local_sdp,
     servable,
+    session_timer,
 )
 from screener.sip.message import (
     Message,
@@ -111,8 +115,9 @@ class MediaUpdate:
     """Where the call's RTP goes now (a re-INVITE), and its codec when the ACK brought a late answer."""
 
     key: str
-    remote: Addr
+    remote: Addr  # port 0: send nothing (a hold, or no answer yet)
     codec: tuple[str, int, int | None] | None = None  # (name, payload, event payload)
+    ptime: int | None = None  # ms per packet we send
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class SipCore:
         self._done: dict[str, Tombstone] = {}  # call-id -> tombstone of an ended call (see _retire)
         self._client: dict[str, ClientTransaction] = {}  # branch -> a request we sent
         self._server: dict[str, ServerTransaction] = {}  # see _server_key -> a request we answered
+        self._byes: dict[str, tuple[bytes, Addr, bool]] = {}  # branch -> (our BYE, where to, already retried)
+        self._refreshes: dict[str, str] = {}  # branch of our session refresh (UPDATE) -> its call's key
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
@@ -270,11 +277,12 @@ class SipCore:
             self.registration.stop(now)
             self._pump_registration(now)
 
-    def resolved(self, dest: Addr, local: str | None, provider_ips: set[str], now: float) -> None:
-        """The shell's answer to ResolveProvider."""
-        self.provider_ips |= provider_ips
+    def resolved(self, dest: Addr, local: str | None, provider_ips: set[str], now: float,
+                 alternatives: tuple[Addr, ...] = ()) -> None:
+        """The shell's answer to ResolveProvider: the first target, and the ones to fail over to (RFC 3263)."""
+        self.provider_ips |= provider_ips | {dest[0]} | {a[0] for a in alternatives}
         if self.registration is not None:
-            self.registration.resolved(dest, local, now)
+            self.registration.resolved(dest, local, now, alternatives)
             self._pump_registration(now)
 
     def resolve_failed(self, error: str, provider_ips: set[str], now: float) -> None:
@@ -313,6 +321,15 @@ class SipCore:
         if kind == "invite":
             d = self._dialogs.get(key)
             return d.tx.timer_at if d is not None else None
+        if kind == "rel":
+            d = self._dialogs.get(key)
+            return d.rel_at if d is not None else None
+        if kind == "session":
+            d = self._dialogs.get(key)
+            return d.session_at if d is not None else None
+        if kind == "reinvite":
+            d = self._dialogs.get(key)
+            return d.reinvite.timer_at if d is not None and d.reinvite is not None else None
         if kind == "dialog":
             obj = self._dialogs.get(key)
         elif kind == "tomb":
@@ -333,6 +350,12 @@ class SipCore:
                 continue
             if kind == "invite":
                 self._invite_timer(self._dialogs[key], now)
+            elif kind == "reinvite":
+                self._reinvite_timer(self._dialogs[key], now)
+            elif kind == "rel":
+                self._reliable_timer(self._dialogs[key], now)
+            elif kind == "session":
+                self._session_timer(self._dialogs[key], now)
             elif kind == "dialog":
                 self._ring_expired(self._dialogs[key], now)
             elif kind == "tomb":
@@ -357,6 +380,77 @@ class SipCore:
         elif d.state is DState.ENDED:
             self._forget(d)  # Timer H: no ACK for the non-2xx final response
 
+    def _reinvite_timer(self, d: Dialog, now: float) -> None:
+        tx = d.reinvite
+        assert tx is not None
+        self._send_all(tx.on_timer(now), d.addr)
+        self._arm("reinvite", d.key, tx.timer_at)
+        if tx.state is SIState.TERMINATED and tx.timed_out and d.state in (DState.ANSWERED, DState.CONFIRMED):
+            log.info("screener: no ACK for the 200 OK to the re-INVITE of %s", d.call_id)  # RFC 3261 14.2
+            self._send_bye(d, now)
+            self._end(d, "no_ack", DEvent.BYE_OUT, now)
+
+    def _reliable_timer(self, d: Dialog, now: float) -> None:
+        """RFC 3262 3: the reliable provisional again (T1, doubling) until its PRACK; none in 64*T1: 500."""
+        if d.reliable is None or d.state is not DState.RINGING:
+            d.rel_at, d.reliable = None, None
+            return
+        if now >= d.rel_deadline:
+            d.rel_at, d.reliable = None, None
+            log.info("screener: no PRACK for the reliable 180 of %s", d.call_id)
+            self._reject(d, 500, "error", now)
+            return
+        self._send_all([d.reliable], d.addr)
+        d.rel_interval *= 2
+        d.rel_at = min(now + d.rel_interval, d.rel_deadline)
+        self._arm("rel", d.key, d.rel_at)
+
+    # -- session timers (RFC 4028, as the UAS) --
+
+    def _session_headers(self, d: Dialog, req: Message, now: float) -> list[tuple[str, str]]:
+        """Take the session interval of `req` (the INVITE or a refresh), arm its timer; the 2xx's headers."""
+        st = session_timer(req, d.refresher if d.session_expires else "uac")
+        if st is None:  # a refresh without Session-Expires turns the timer off (RFC 4028 9)
+            d.session_expires, d.session_at = 0, None
+            return []
+        d.session_expires, d.refresher = st
+        n = d.session_expires
+        # the refresher refreshes at half the interval; the other side ends the session shortly before it
+        # expires (RFC 4028 10: the interval less min(32 s, a third of it))
+        d.session_at = now + (n / 2 if d.refresher == "uas" else n - min(32, n / 3))
+        self._arm("session", d.key, d.session_at)
+        extra = [("session-expires", f"{n};refresher={d.refresher}")]
+        return extra + ([("require", "timer")] if d.refresher == "uac" else [])
+
+    def _session_timer(self, d: Dialog, now: float) -> None:
+        d.session_at = None
+        if d.state not in (DState.ANSWERED, DState.CONFIRMED) or d.end_reason is not None:
+            return
+        if d.refresher == "uac":
+            log.info("screener: no session refresh for %s within %d s: ending it", d.call_id, d.session_expires)
+            self._send_bye(d, now)
+            self._end(d, "session_expired", DEvent.BYE_OUT, now)
+            return
+        branch = new_branch(self.rng)  # we are the refresher: an UPDATE without a body (RFC 4028 7.4)
+        data = in_dialog_request(d, self.contact, branch, "UPDATE")
+        proxy = split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
+        dest = bye_destination(d, proxy)
+        tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
+        self._client[branch] = tx
+        self._refreshes[branch] = d.key
+        self._send_all(tx.start(), dest)
+        self._arm("client", branch, tx.timer_at)
+        d.session_at = now + d.session_expires / 2
+        self._arm("session", d.key, d.session_at)
+
+    def _refresh_result(self, key: str, resp: Message | None, now: float) -> None:
+        d = self._dialogs.get(key)
+        if d is None or d.state not in (DState.ANSWERED, DState.CONFIRMED) or d.end_reason is not None:
+            return
+        if resp is None or resp.status in (408, 481):  # RFC 5057: the dialog is gone -> end it
+            self._send_bye(d, now)
+            self._end(d, "session_expired", DEvent.BYE_OUT, now)
+
     def _ring_expired(self, d: Dialog, now: float) -> None:
         """Backstop for a handler that never ended its call: 480 well after max_ring_time."""
         if self._reject(d, 480, "timeout", now):
@@ -372,6 +466,16 @@ class SipCore:
                 self._client_result(tx.branch, None, now)
 
     def _client_result(self, branch: str, resp: Message | None, now: float) -> None:
+        refreshed = self._refreshes.pop(branch, None)
+        if refreshed is not None:
+            self._refresh_result(refreshed, resp, now)
+            return
+        bye = self._byes.pop(branch, None)
+        if bye is not None:
+            data, dest, retried = bye
+            if resp is not None and resp.status in (401, 407) and not retried:
+                self._bye_with_credentials(data, dest, resp, now)
+            return
         reg = self.registration
         if reg is not None and reg.owns(branch):
             reg.on_result(branch, resp, now)
@@ -410,7 +514,7 @@ class SipCore:
         handler = {
             "INVITE": self._on_invite, "ACK": self._on_ack, "CANCEL": self._on_cancel, "BYE": self._on_bye,
             "OPTIONS": self._on_options, "INFO": self._on_info, "UPDATE": self._on_update,
-            "NOTIFY": self._on_notify, "PRACK": self._on_in_dialog_only,
+            "NOTIFY": self._on_notify, "PRACK": self._on_prack,
         }.get(method)
         if handler is None:
             # B15: every method gets an answer
@@ -431,12 +535,13 @@ class SipCore:
         except ParseError:
             return
         reason = "".join(ch if ch.isprintable() else "?" for ch in reason)
-        self._out.append((build_response(msg, addr, code, reason), addr))
+        self._out.append((build_response(msg, addr, code, reason, to_tag=token(self.rng, 6)), addr))
 
     def _respond(self, req: Message, addr: Addr, code: int, reason: str, now: float,
                  extra: list[tuple[str, str]] | None = None, body: bytes = b"", to_tag: str | None = None) -> None:
-        # B4: replies go to the request's source address and port
-        data = build_response(req, addr, code, reason, extra, body, to_tag)
+        # B4: replies go to the request's source address and port; every final response carries a To tag
+        # (RFC 3261 8.2.6.2): the dialog's own, else a fresh one (build_response keeps a tag already there)
+        data = build_response(req, addr, code, reason, extra, body, to_tag or token(self.rng, 6))
         method = req.method.upper()
         if code >= 200 and method not in ("INVITE", "ACK") and req.branch.startswith("z9hG4bK"):
             tx = ServerTransaction(req.branch, method, self.timing)
@@ -452,6 +557,15 @@ class SipCore:
         # RFC 3261 17.2.3 matches branch, sent-by and method; the Call-ID and CSeq are added because some
         # senders (and the RFC 4475 torture messages) reuse a branch for different requests
         return f"{req.branch} {req.method.upper()} {req.call_id} {req.get('cseq')}"
+
+    def _in_order(self, d: Dialog, msg: Message, addr: Addr, now: float) -> bool:
+        """RFC 3261 12.2.2: a request with a CSeq lower than the dialog's last one gets 500; else it becomes the
+        last one."""
+        if msg.cseq[0] < d.remote_cseq:
+            self._respond(msg, addr, 500, "Server Internal Error (CSeq out of order)", now)
+            return False
+        d.remote_cseq = msg.cseq[0]
+        return True
 
     def _in_dialog(self, msg: Message) -> Dialog | None:
         d = self._dialogs.get(msg.call_id)
@@ -533,6 +647,10 @@ class SipCore:
         elif d.state is DState.ENDED and d.tx.state is SIState.COMPLETED:
             d.tx.ack(now)
             self._retire(d, now + self.timing.t4)  # RFC 3261 17.2.1: Timer I after the ACK
+        elif d.reinvite is not None and msg.cseq[0] == d.reinvite_cseq and d.reinvite.ack(now):
+            body = sdp_body(msg)  # the ACK of our 200 to a re-INVITE: its retransmissions stop
+            if body and d.has_media and d.reinvite_late:
+                self._late_answer(d, body)
 
     def _late_answer(self, d: Dialog, body: bytes) -> None:
         """A late offer's answer arrives in the ACK: take its codec and address."""
@@ -543,7 +661,9 @@ class SipCore:
         choice = choose_codec(sdp)
         if choice is None:
             return
-        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port), (choice[0], choice[1], sdp.event_payload())))
+        sends = sdp.direction in ("sendrecv", "recvonly") and not sdp.on_hold  # the answer's view, reversed
+        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port if sends else 0),
+                                        (choice[0], choice[1], sdp.event_payload())))
 
     def _on_cancel(self, msg: Message, addr: Addr, now: float) -> None:
         d = self._dialogs.get(msg.call_id)
@@ -569,6 +689,8 @@ class SipCore:
         if d is None or d.state not in (DState.ANSWERED, DState.CONFIRMED):
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # B15: unknown BYE is 481
             return
+        if not self._in_order(d, msg, addr, now):
+            return
         self._respond(msg, addr, 200, "OK", now)
         self._end(d, "bye", DEvent.BYE_IN, now)
 
@@ -582,6 +704,8 @@ class SipCore:
         if d is None:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
             return
+        if not self._in_order(d, msg, addr, now):
+            return
         self._respond(msg, addr, 200, "OK", now)
         self._events.extend(Digit(d.key, key) for key in dtmf_relay_keys(msg))
 
@@ -590,28 +714,89 @@ class SipCore:
         if d is None:
             self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
             return
-        body = d.local_sdp if sdp_body(msg) else b""
-        extra = [("contact", self.contact.header())] + ([("content-type", "application/sdp")] if body else [])
+        if not self._in_order(d, msg, addr, now):
+            return
+        offer = sdp_body(msg)
+        body = b""
+        if offer and d.local_sdp:
+            answer = self._offer_answer(d, offer)
+            if answer is None:  # RFC 3311 5.2: an offer we cannot accept leaves the session as it was
+                self._respond(msg, addr, 488, "Not Acceptable Here", now)
+                return
+            body = answer
+        extra = [("contact", self.contact.header())] + self._session_headers(d, msg, now)
+        extra += [("content-type", "application/sdp")] if body else []
         self._respond(msg, addr, 200, "OK", now, extra, body)
+
+    def _offer_answer(self, d: Dialog, offer: bytes) -> bytes | None:
+        """A new offer in the dialog (re-INVITE, UPDATE): the media moves and our answer is returned; None when
+        the offer cannot be accepted (the session stays as it was)."""
+        try:
+            sdp = parse_sdp(offer)
+        except ParseError:
+            return None
+        plan = answer_plan(sdp)
+        if plan is None:
+            return None
+        d.plan = plan
+        if d.has_media:  # the RTP session sends and latches where this offer says (B14)
+            self._events.append(MediaUpdate(d.key, plan.remote, (plan.codec, plan.payload, plan.event_payload),
+                                            plan.ptime))
+        body = local_sdp(self.contact.host, d.rtp_port, plan, d.sdp_session, d.sdp_version)
+        if body != d.local_sdp:  # RFC 3264 8: a changed SDP gets the next version
+            d.sdp_version += 1
+            body = local_sdp(self.contact.host, d.rtp_port, plan, d.sdp_session, d.sdp_version)
+            d.local_sdp = body
+        return body
 
     def _on_notify(self, msg: Message, addr: Addr, now: float) -> None:
         self._respond(msg, addr, 200, "OK", now)  # unsolicited NOTIFY (message waiting) from routers
+
+    def _on_prack(self, msg: Message, addr: Addr, now: float) -> None:
+        d = self._in_dialog(msg)
+        rack = (msg.get("rack") or "").split()
+        try:
+            acked = (int(rack[0]), int(rack[1]), rack[2].upper()) if len(rack) == 3 else None
+        except ValueError:
+            acked = None
+        if d is None or acked != (d.rseq, d.invite.cseq[0], "INVITE") or d.rseq == 0:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)  # RFC 3262 7.2
+            return
+        if not self._in_order(d, msg, addr, now):
+            return
+        d.reliable, d.rel_at = None, None  # its retransmissions stop
+        self._respond(msg, addr, 200, "OK", now)
 
     def _on_in_dialog_only(self, msg: Message, addr: Addr, now: float) -> None:
         self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
 
     def _reinvite(self, d: Dialog, msg: Message, addr: Addr, now: float) -> None:
-        # B14: session refreshes are answered with the SDP we already use
-        body = sdp_body(msg)
-        if body and d.has_media:
-            try:
-                sdp = parse_sdp(body)
-                self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port)))
-            except ParseError:
-                pass
-        self._out.append((build_response(msg, addr, 200, "OK", [("contact", self.contact.header()),
-                                                                  ("content-type", "application/sdp")],
-                                         d.local_sdp, to_tag=d.to_tag), addr))
+        tx = d.reinvite
+        if tx is not None and msg.cseq[0] == d.reinvite_cseq and msg.branch == tx.branch:
+            self._send_all([tx.retransmission()], addr)  # a retransmitted re-INVITE: our last response again
+            return
+        if tx is not None and tx.state is SIState.ACCEPTED:
+            # RFC 3261 14.2: a second re-INVITE while our 2xx to the first waits for its ACK
+            self._respond(msg, addr, 500, "Server Internal Error", now,
+                          [("retry-after", str(self.rng.randrange(0, 11)))])
+            return
+        if not self._in_order(d, msg, addr, now):
+            return
+        offer = sdp_body(msg)
+        body = d.local_sdp  # B14: a session refresh without an offer gets ours (its ACK brings the answer)
+        if offer:
+            answer = self._offer_answer(d, offer)
+            if answer is None:
+                self._respond(msg, addr, 488, "Not Acceptable Here", now)  # the session stays as it was
+                return
+            body = answer
+        tx = d.reinvite = ServerInviteTransaction(msg.branch, self.timing)
+        d.reinvite_cseq, d.reinvite_late = msg.cseq[0], not offer
+        extra = [("contact", self.contact.header())] + self._session_headers(d, msg, now)
+        data = build_response(msg, addr, 200, "OK", extra + [("content-type", "application/sdp")] * bool(body),
+                              body, to_tag=d.to_tag)
+        self._send_all(tx.respond(200, data, now), addr)  # retransmitted until the ACK (RFC 3261 13.3.1.4)
+        self._arm("reinvite", d.key, tx.timer_at)
 
     def _on_response(self, data: bytes, addr: Addr, now: float) -> None:
         try:
@@ -638,8 +823,17 @@ class SipCore:
             return False
         # B18: our own Contact, and the Record-Route the dialog needs
         extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set]
+        if d.wants_100rel:
+            if d.reliable is not None:
+                return True  # RFC 3262 3: one unacknowledged reliable provisional at a time; it still rings
+            d.rseq = d.rseq + 1 if d.rseq else self.rng.randrange(1, 2**31)
+            extra += [("require", "100rel"), ("rseq", str(d.rseq))]
         data = build_response(d.invite, d.addr, 180, "Ringing", extra, to_tag=d.to_tag)
         self._send_all(d.tx.respond(180, data, now), d.addr)
+        if d.wants_100rel:  # retransmitted (T1, doubling) until its PRACK (RFC 3262 3)
+            d.reliable, d.rel_interval, d.rel_deadline = data, self.timing.t1, now + 64 * self.timing.t1
+            d.rel_at = now + d.rel_interval
+            self._arm("rel", d.key, d.rel_at)
         return True
 
     def decline(self, key: str, code: int, now: float, why: str = "declined") -> bool:
@@ -662,10 +856,13 @@ class SipCore:
         d = self._dialogs.get(key)
         if d is None or d.state is not DState.RINGING:
             return False
-        d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, self.rng.randrange(1, 2**31))
+        d.plan, d.rtp_port, d.sdp_session = plan, rtp_port, self.rng.randrange(1, 2**31)
+        d.sdp_version = d.sdp_session
+        d.local_sdp = local_sdp(self.contact.host, rtp_port, plan, d.sdp_session)
         d.has_media = True
         d.go(DEvent.ANSWER)
-        self._final(d, 200, [("content-type", "application/sdp")], d.local_sdp, now)
+        extra = [("supported", ", ".join(sorted(SUPPORTED)))] + self._session_headers(d, d.invite, now)
+        self._final(d, 200, extra + [("content-type", "application/sdp")], d.local_sdp, now)
         return True
 
     def hangup(self, key: str, now: float, immediate: bool = False) -> None:
@@ -715,6 +912,7 @@ class SipCore:
         """A final response to the INVITE, retransmitted until the ACK (B5)."""
         if code < 300:
             extra = [("contact", self.contact.header())] + [("record-route", r) for r in d.route_set] + extra
+        d.reliable, d.rel_at = None, None  # a final response ends the reliable provisional's retransmissions
         reason = "OK" if code == 200 else REASONS.get(code, "Decline")
         data = build_response(d.invite, d.addr, code, reason, extra, body, to_tag=d.to_tag)
         self._send_all(d.tx.respond(code, data, now), d.addr)
@@ -726,10 +924,24 @@ class SipCore:
         data = bye_request(d, self.contact, branch)
         proxy = split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
         dest = bye_destination(d, proxy)
+        self._start_bye(data, dest, branch, False, now)
+
+    def _start_bye(self, data: bytes, dest: Addr, branch: str, retried: bool, now: float) -> None:
         tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
         self._client[branch] = tx
+        self._byes[branch] = (data, dest, retried)
         self._send_all(tx.start(), dest)
         self._arm("client", branch, tx.timer_at)
+
+    def _bye_with_credentials(self, data: bytes, dest: Addr, challenge: Message, now: float) -> None:
+        """A BYE challenged with 401/407 goes once more with credentials (RFC 3261 22.2): the call must end."""
+        branch = new_branch(self.rng)
+        retry = authorized_retry(data, challenge, self.contact, branch, self.cfg.auth_user, self.cfg.password,
+                                 token(self.rng, 8))
+        if retry is None:
+            log.warning("screener: BYE challenged with a digest screener cannot answer")
+            return
+        self._start_bye(retry, dest, branch, True, now)
 
     def _end(self, d: Dialog, reason: str, event: DEvent | None, now: float) -> None:
         """Over for the handler; with `event` the dialog itself ends (else it waits for the ACK, then BYE)."""

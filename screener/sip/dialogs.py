@@ -11,12 +11,14 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from screener.sip import auth
 from screener.sip.message import (
     Message,
     ParseError,
     Sdp,
     name_addr,
     params,
+    parse,
     parse_sdp,
     parse_uri,
     sdp_body,
@@ -26,9 +28,11 @@ from screener.sip.registration import USER_AGENT, Contact
 from screener.sip.transactions import ServerInviteTransaction
 from screener.text import clean
 
-SUPPORTED: frozenset[str] = frozenset()  # option tags we implement; another in Require: we ring, never answer
-REASONS = {180: "Ringing", 480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated",
-           488: "Not Acceptable Here", 603: "Decline", 607: "Unwanted"}
+# option tags we implement (RFC 3262 reliable provisionals); another in Require: we ring, never answer
+SUPPORTED: frozenset[str] = frozenset({"100rel", "timer"})  # timer: RFC 4028 session timers as the UAS
+REASONS = {180: "Ringing", 420: "Bad Extension", 480: "Temporarily Unavailable", 486: "Busy Here",
+           487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error", 603: "Decline",
+           607: "Unwanted"}
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,16 @@ class AnswerPlan:
     codec: str
     payload: int
     event_payload: int | None
-    remote: tuple[str, int]  # ("0.0.0.0", 0) for a late offer: the ACK brings the answer
+    remote: tuple[str, int]  # port 0: send nothing (a late offer, whose answer the ACK brings; a hold)
     late: bool
+    ptime: int = 20  # ms per packet we send: the offer's a=ptime when within PTIME_RANGE
+    direction: str = "sendrecv"  # of our answer (recvonly to a hold, RFC 3264 8.4)
+    streams: tuple[tuple[str, str, str], ...] = ()  # the offer's m= lines, each answered (RFC 3264 6)
+    audio_index: int = 0
+
+    @property
+    def sends(self) -> bool:
+        return self.direction in ("sendrecv", "sendonly") and self.remote[1] != 0
 
 
 class Dialog:
@@ -99,12 +111,29 @@ class Dialog:
         self.key = invite.call_id  # as received (info.call_id is cleaned for display)
         self.state = DState.RINGING
         self.local_cseq = local_cseq
-        self.end_reason: str | None = None  # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout
+        # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout, session_expired
+        self.end_reason: str | None = None
         self.cancel_reason: str | None = None
         self.bye_pending = False
         self.local_sdp = b""
         self.has_media = False
         self.ring_deadline: float | None = None
+        self.plan: AnswerPlan | None = None  # what our current SDP answered
+        self.rtp_port = 0
+        self.sdp_session = 0
+        self.sdp_version = 0
+        self.remote_cseq = invite.cseq[0]  # the highest CSeq of the caller's requests so far (RFC 3261 12.2.2)
+        self.reinvite: ServerInviteTransaction | None = None  # the latest re-INVITE we answered
+        self.reinvite_cseq = 0
+        self.reinvite_late = False  # that re-INVITE had no offer: its ACK brings the answer to ours
+        self.rseq = 0  # RSeq of our latest reliable provisional response (RFC 3262)
+        self.reliable: bytes | None = None  # that response while its PRACK has not come
+        self.rel_at: float | None = None  # when it goes again
+        self.rel_interval = 0.0
+        self.rel_deadline = 0.0
+        self.session_expires = 0  # RFC 4028: the session interval (0: no session timer)
+        self.refresher = "uac"
+        self.session_at: float | None = None  # when we refresh (refresher uas), or end the call (uac)
         self.route_set = invite.get_all("record-route")  # B5/B4: kept and used for in-dialog requests
         contacts = invite.get_all("contact")
         self.remote_target = name_addr(contacts[0]).uri if contacts else name_addr(invite.get("from") or "").uri
@@ -124,7 +153,15 @@ class Dialog:
 
     @property
     def requires_100rel(self) -> bool:
-        return any(t.strip().lower() == "100rel" for r in self.invite.get_all("require") for t in r.split(","))
+        return self._has_tag("require", "100rel")
+
+    @property
+    def wants_100rel(self) -> bool:
+        """The caller requires or supports reliable provisional responses: we send them (RFC 3262 3)."""
+        return self._has_tag("require", "100rel") or self._has_tag("supported", "100rel")
+
+    def _has_tag(self, header: str, tag: str) -> bool:
+        return any(t.strip().lower() == tag for r in self.invite.get_all(header) for t in r.split(","))
 
     def go(self, event: DEvent) -> None:
         try:
@@ -179,6 +216,53 @@ def build_response(req: Message, addr: tuple[str, int], code: int, reason: str,
 
 def bye_request(d: Dialog, contact: Contact, branch: str) -> bytes:
     """The BYE of our side: it follows the dialog's route set and remote target (B4), not the INVITE's Via."""
+    return in_dialog_request(d, contact, branch, "BYE")
+
+
+def authorized_retry(data: bytes, challenge: Message, contact: Contact, branch: str, user: str, password: str,
+                     cnonce: str) -> bytes | None:
+    """An in-dialog request of ours (BYE) again, answering the 401/407 `challenge` (RFC 3261 22.2): a new branch,
+    the next CSeq, the credentials; None when the challenge cannot be answered."""
+    header = "www-authenticate" if challenge.status == 401 else "proxy-authenticate"
+    req = parse(data)
+    try:
+        chosen = auth.best_challenge(challenge.get_all(header))
+        value = auth.authorization(chosen, req.method, req.uri, user, password, 1, cnonce, body=req.body)
+    except ValueError:
+        return None
+    number, method = req.cseq
+    headers = [("via", contact.via(branch))] + [
+        (k, f"{number + 1} {method}" if k == "cseq" else v) for k, v in req.headers
+        if k not in ("via", "authorization", "proxy-authorization", "content-length")]
+    headers.append(("authorization" if challenge.status == 401 else "proxy-authorization", value))
+    return Message(method=req.method, uri=req.uri, headers=headers, body=req.body).to_bytes()
+
+
+MIN_SE = 90  # s: the shortest session interval RFC 4028 allows
+
+
+def session_timer(req: Message, default_refresher: str = "uac") -> tuple[int, str] | None:
+    """RFC 4028 as the UAS: (interval, refresher) for the 2xx to `req`, None when no session timer runs.
+
+    The caller's refresher is kept; without one the caller refreshes when it supports timers, else we do.
+    """
+    value = req.get("session-expires")
+    if value is None:
+        return None
+    number, _, rest = value.partition(";")
+    if not number.strip().isdigit() or int(number) < MIN_SE:
+        # RFC 4028 forbids intervals under 90 s (4.2); rather than end a call within a second we run no timer
+        return None
+    refresher = params(rest).get("refresher", "").lower()
+    if refresher not in ("uac", "uas"):
+        supports = any(t.strip().lower() == "timer" for h in ("supported", "require") for r in req.get_all(h)
+                       for t in r.split(","))
+        refresher = default_refresher if supports else "uas"
+    return int(number), refresher
+
+
+def in_dialog_request(d: Dialog, contact: Contact, branch: str, method: str) -> bytes:
+    """A request of ours in the dialog (BYE, a session refresh): route set, remote target, the next CSeq (B4)."""
     d.local_cseq += 1
     inv = d.invite
     local = inv.get("to") or ""
@@ -187,8 +271,10 @@ def bye_request(d: Dialog, contact: Contact, branch: str) -> bytes:
     headers = [("via", contact.via(branch)), ("max-forwards", "70")]
     headers += [("route", r) for r in d.route_set]
     headers += [("from", local), ("to", inv.get("from") or ""), ("call-id", d.call_id),
-                ("cseq", f"{d.local_cseq} BYE"), ("user-agent", USER_AGENT)]
-    return Message(method="BYE", uri=d.remote_target, headers=headers).to_bytes()
+                ("cseq", f"{d.local_cseq} {method}"), ("user-agent", USER_AGENT)]
+    if method != "BYE":
+        headers.append(("contact", contact.header()))
+    return Message(method=method, uri=d.remote_target, headers=headers).to_bytes()
 
 
 def _is_ip(host: str) -> bool:
@@ -247,6 +333,12 @@ def servable(msg: Message) -> tuple[Sdp | None, str]:
     return offer, ""
 
 
+PTIME_RANGE = (10, 60)  # packet times (ms) we send at when an offer asks; anything else gets 20 ms
+# RFC 3264 6.1: the direction of an answer to each direction of an offer
+ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+NO_SEND = {"sendrecv": "recvonly", "sendonly": "inactive", "recvonly": "recvonly", "inactive": "inactive"}
+
+
 def answer_plan(offer: Sdp | None) -> AnswerPlan | None:
     """How to answer `offer` (None: no codec we can use); a late offer gets PCMU/PCMA offered by us."""
     if offer is None:
@@ -254,22 +346,36 @@ def answer_plan(offer: Sdp | None) -> AnswerPlan | None:
     choice = choose_codec(offer)
     if choice is None:
         return None
-    remote = (offer.address, offer.port) if offer.port else ("0.0.0.0", 0)
-    return AnswerPlan(choice[0], choice[1], offer.event_payload(), remote, False)
+    direction = ANSWER_DIRECTION.get(offer.direction, "sendrecv")
+    if offer.on_hold:  # RFC 2543 hold (c=0.0.0.0): nothing may be sent to that address
+        direction = NO_SEND[direction]
+    sends = direction in ("sendrecv", "sendonly")
+    remote = (offer.address, offer.port if sends else 0)
+    ptime = offer.ptime if offer.ptime is not None and PTIME_RANGE[0] <= offer.ptime <= PTIME_RANGE[1] else 20
+    return AnswerPlan(choice[0], choice[1], offer.event_payload(), remote, False, ptime, direction, offer.streams,
+                      offer.audio_index)
 
 
-def local_sdp(host: str, port: int, plan: AnswerPlan, session: int) -> bytes:
+def local_sdp(host: str, port: int, plan: AnswerPlan, session: int, version: int | None = None) -> bytes:
+    """Our SDP: the answer to the plan's offer (every offered m= line answered, the ones we refuse with port 0,
+    RFC 3264 6), or our offer for a late-offer INVITE."""
     family = "IP6" if ":" in host else "IP4"
     fmts = [(0, "PCMU"), (8, "PCMA")] if plan.late else [(plan.payload, plan.codec)]
     event_pt = plan.event_payload
-    lines = ["v=0", f"o=screener {session} {session} IN {family} {host}", "s=screener", f"c=IN {family} {host}",
-             "t=0 0"]
+    lines = ["v=0", f"o=screener {session} {session if version is None else version} IN {family} {host}",
+             "s=screener", f"c=IN {family} {host}", "t=0 0"]
     pts = [str(p) for p, _ in fmts] + ([str(event_pt)] if event_pt is not None else [])
-    lines.append(f"m=audio {port} RTP/AVP {' '.join(pts)}")
-    lines += [f"a=rtpmap:{p} {name}/8000" for p, name in fmts]
+    audio = [f"m=audio {port} RTP/AVP {' '.join(pts)}"]
+    audio += [f"a=rtpmap:{p} {name}/8000" for p, name in fmts]
     if event_pt is not None:
-        lines += [f"a=rtpmap:{event_pt} telephone-event/8000", f"a=fmtp:{event_pt} 0-15"]
-    lines += ["a=ptime:20", "a=sendrecv"]
+        audio += [f"a=rtpmap:{event_pt} telephone-event/8000", f"a=fmtp:{event_pt} 0-15"]
+    audio += [f"a=ptime:{plan.ptime}", f"a={plan.direction}"]
+    streams = plan.streams or (("audio", "RTP/AVP", ""),)
+    for i, (media, proto, formats) in enumerate(streams):
+        if i == (plan.audio_index if plan.streams else 0):
+            lines += audio
+        else:
+            lines.append(f"m={media} 0 {proto} {formats}")  # refused: same media, proto and formats, port 0
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
@@ -291,13 +397,28 @@ def incoming_info(msg: Message, addr: tuple[str, int], from_provider: bool, cann
         from_provider=from_provider, request_uri=clean(msg.uri), cannot_serve=cannot_serve)
 
 
+DTMF_KEYS = "0123456789*#ABCD"
+
+
 def dtmf_relay_keys(msg: Message) -> list[str]:
-    """Keys of a SIP INFO with application/dtmf-relay (`Signal=5`)."""
-    if not (msg.get("content-type") or "").lower().startswith("application/dtmf-relay"):
+    """Keys of a SIP INFO with application/dtmf-relay (`Signal=5`) or application/dtmf (the key alone, `5`)."""
+    ctype = (msg.get("content-type") or "").lower().partition(";")[0].strip()
+    if ctype == "application/dtmf":
+        text = msg.body.decode("ascii", "replace").strip().upper()
+        if len(text) == 1 and text in DTMF_KEYS:
+            return [text]
+        # some send the RFC 4733 event number (0-9, 10 = *, 11 = #, 12-15 = A-D)
+        return [DTMF_KEYS[int(text)]] if text.isdigit() and int(text) < 16 else []
+    if ctype != "application/dtmf-relay":
         return []
     keys = []
     for line in msg.body.decode("ascii", "replace").splitlines():
         key, _, value = line.partition("=")
-        if key.strip().lower() == "signal" and value.strip()[:1] in "0123456789*#ABCD":
-            keys.append(value.strip()[:1].upper())
+        value = value.strip().upper()
+        if key.strip().lower() != "signal" or not value:
+            continue
+        if value.isdigit() and 10 <= int(value) < 16:  # the RFC 4733 event number some send for * # A-D
+            keys.append(DTMF_KEYS[int(value)])
+        elif value[0] in DTMF_KEYS:
+            keys.append(value[0])
     return [k for k in keys if k]

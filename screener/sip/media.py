@@ -87,7 +87,7 @@ class RtpSession(RTPClient):
 
     def __init__(self, pool: PortPool, sock: socket.socket, codec: str, payload: int, event_payload: int | None,
                  remote: tuple[str, int], on_digit: Callable[[str], None] | None = None,
-                 trusted: Callable[[str], bool] | None = None) -> None:
+                 trusted: Callable[[str], bool] | None = None, ptime: int = 20) -> None:
         assoc = {payload: CODECS[codec]}
         if event_payload is not None:
             assoc[event_payload] = PayloadType.EVENT
@@ -113,7 +113,8 @@ class RtpSession(RTPClient):
         self._queued = 0
         self._last_event_ts: int | None = None
         self._thread: threading.Thread | None = None
-        self._silence = self.encode_packet(b"\0" * FRAME_BYTES)
+        self._frame_bytes = FRAME_BYTES
+        self.set_ptime(ptime)
         self._first = True
 
     @property
@@ -138,7 +139,13 @@ class RtpSession(RTPClient):
     def set_codec(self, codec: str, payload: int, event_payload: int | None) -> None:
         """Switch to the codec of a late SDP answer (the one in an ACK)."""
         self.preference, self.payload, self.event_payload = CODECS[codec], payload, event_payload
-        self._silence = self.encode_packet(b"\0" * FRAME_BYTES)
+        self._silence = self.encode_packet(b"\0" * self._frame_bytes)
+
+    def set_ptime(self, ptime: int) -> None:
+        """Send packets of `ptime` ms (the offer's a=ptime): audio queued from now on is cut to that size."""
+        with self._cv:
+            self._frame_bytes = FRAME_BYTES * ptime // 20
+            self._silence = self.encode_packet(b"\0" * self._frame_bytes)
 
     def _close(self) -> None:
         self.sin.close()
@@ -176,9 +183,10 @@ class RtpSession(RTPClient):
     def play(self, pcm: bytes) -> int:
         """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played()."""
         with self._cv:
-            for i in range(0, len(pcm), FRAME_BYTES):
-                frame = pcm[i:i + FRAME_BYTES]
-                self._out.append(frame.ljust(FRAME_BYTES, b"\0"))
+            size = self._frame_bytes
+            for i in range(0, len(pcm), size):
+                frame = pcm[i:i + size]
+                self._out.append(frame.ljust(size, b"\0"))
                 self._queued += 1
             return self._queued
 
@@ -219,10 +227,10 @@ class RtpSession(RTPClient):
         while self.NSD:
             now = time.monotonic()
             if now >= next_send:
-                self._send_frame()
-                next_send += FRAME_SECONDS
+                seconds = self._send_frame()
+                next_send += seconds
                 if now - next_send > 0.2:  # the machine stalled: resynchronise rather than burst
-                    next_send = now + FRAME_SECONDS
+                    next_send = now + seconds
                 continue
             try:
                 ready, _, _ = select.select([self.sin], [], [], next_send - now)
@@ -246,26 +254,29 @@ class RtpSession(RTPClient):
             except Exception:  # noqa: BLE001  # B7: no packet may kill the receive thread
                 log.debug("bad RTP packet from %s:%s", *addr[:2], exc_info=True)
 
-    def _send_frame(self) -> None:
+    def _send_frame(self) -> float:
+        """Send the next packet (silence when nothing is queued); returns the seconds of audio it holds."""
         with self._cv:
             frame = self._out.popleft() if self._out else None
             if frame is not None:
                 self._sent += 1
                 self._cv.notify_all()
-        payload = self.encode_packet(frame) if frame is not None else self._silence
+            silence = self._silence
+        payload = self.encode_packet(frame) if frame is not None else silence
+        samples = len(payload)  # G.711: one byte a sample
         marker = 0x80 if self._first else 0
         self._first = False
         header = struct.pack("!BBHII", 0x80, marker | self.payload, self.outSequence, self.outTimestamp,
                              self.outSSRC)
         # B21: sequence and timestamp wrap modulo their field size instead of overflowing
         self.outSequence = (self.outSequence + 1) & 0xFFFF
-        self.outTimestamp = (self.outTimestamp + FRAME_SAMPLES) & 0xFFFFFFFF
-        if not self.outPort:
-            return
-        try:
-            self.sout.sendto(header + payload, (self.outIP, self.outPort))
-        except OSError:
-            pass
+        self.outTimestamp = (self.outTimestamp + samples) & 0xFFFFFFFF
+        if self.outPort:
+            try:
+                self.sout.sendto(header + payload, (self.outIP, self.outPort))
+            except OSError:
+                pass
+        return samples / 8000
 
     def encode_packet(self, payload: bytes) -> bytes:
         """16-bit linear -> the negotiated G.711 law."""

@@ -394,6 +394,14 @@ class Sdp:
     payloads: tuple[int, ...]  # in the offerer's order of preference
     rtpmap: dict[int, str]  # pt -> "PCMA/8000" (only for payloads on the m= line, B11)
     direction: str  # sendrecv, sendonly, recvonly, inactive
+    ptime: int | None = None  # a=ptime of the audio stream (or the session), in ms
+    streams: tuple[tuple[str, str, str], ...] = ()  # every m= line: (media, proto, formats), in order
+    audio_index: int = 0  # which of `streams` is the audio stream above
+
+    @property
+    def on_hold(self) -> bool:
+        """An RFC 2543 hold: the offerer's connection address is unspecified (c=0.0.0.0 or c=::)."""
+        return self.address in ("0.0.0.0", "::")
 
     def event_payload(self) -> int | None:
         for pt, enc in self.rtpmap.items():
@@ -408,10 +416,15 @@ class Sdp:
 
 
 def parse_sdp(body: bytes) -> Sdp:
-    """The first audio stream of an SDP body; raises ParseError when there is none."""
+    """The first audio stream of an SDP body (and the list of all its m= lines); ParseError when there is none."""
     text = body.decode("utf-8", "replace")
     session_c = ""
+    session_ptime: int | None = None
+    session_dir = "sendrecv"
     audio: dict[str, object] | None = None
+    streams: list[tuple[str, str, str]] = []
+    current: int | None = None  # the index of the m= section being read; None: the session part
+    audio_index = 0
     lines = [ln.strip() for ln in re.split(r"\r?\n", text) if ln.strip()]
     for line in lines:
         # B19: split once, so values containing '=' survive
@@ -419,25 +432,42 @@ def parse_sdp(body: bytes) -> Sdp:
         if not eq:
             continue
         if kind == "m":
-            if audio is not None:
-                break  # only the first audio stream matters
             parts = value.split()
-            if len(parts) >= 3 and parts[0] == "audio":
+            if len(parts) < 3:
+                raise ParseError("bad m= line")
+            streams.append((parts[0], parts[2], " ".join(parts[3:]) or "0"))
+            current = len(streams) - 1
+            if audio is None and parts[0] == "audio":
                 try:
                     port = int(parts[1].partition("/")[0])
                     pts = tuple(int(p) for p in parts[3:] if p.isdigit() and int(p) < 128)
                 except ValueError:
                     raise ParseError("bad m= line") from None
-                audio = {"port": port, "proto": parts[2], "pts": pts, "c": "", "rtpmap": {}, "dir": "sendrecv"}
+                audio = {"port": port, "proto": parts[2], "pts": pts, "c": "", "rtpmap": {}, "dir": session_dir,
+                         "ptime": None}
+                audio_index = current
         elif kind == "c":
-            addr = value.split()
+            addr = value.split()  # "IN IP4 192.0.2.1", "IN IP6 2001:db8::1" (a multicast TTL after a /)
             if len(addr) >= 3:
-                if audio is None:
+                if current is None:
                     session_c = addr[2].partition("/")[0]
-                else:
+                elif audio is not None and current == audio_index:
                     audio["c"] = addr[2].partition("/")[0]
-        elif kind == "a" and audio is not None:
+        elif kind == "a":
             name, _, val = value.partition(":")
+            if name == "ptime":
+                try:
+                    ms = int(float(val.strip()))
+                except ValueError:
+                    continue
+                if current is None:
+                    session_ptime = ms
+                elif audio is not None and current == audio_index:
+                    audio["ptime"] = ms
+            if current is None and name in ("sendrecv", "sendonly", "recvonly", "inactive"):
+                session_dir = name
+            if audio is None or current != audio_index:
+                continue
             if name == "rtpmap":
                 pt, _, enc = val.partition(" ")
                 # B11: an rtpmap for a payload not on the m= line is ignored, not fatal
@@ -450,8 +480,9 @@ def parse_sdp(body: bytes) -> Sdp:
     address = str(audio["c"] or session_c)
     if not address:
         raise ParseError("no connection address in SDP")
+    ptime = audio["ptime"] if audio["ptime"] is not None else session_ptime
     return Sdp(address, int(audio["port"]), str(audio["proto"]), audio["pts"],  # type: ignore[arg-type, call-overload]
-               dict(audio["rtpmap"]), str(audio["dir"]))  # type: ignore[call-overload]
+               dict(audio["rtpmap"]), str(audio["dir"]), ptime, tuple(streams), audio_index)  # type: ignore[call-overload, arg-type]
 
 
 def sdp_body(msg: Message) -> bytes | None:

@@ -20,15 +20,20 @@ from screener.sip.transactions import Timing
 log = logging.getLogger("screener.sip")
 
 USER_AGENT = f"screener/{__version__}"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, NOTIFY, PRACK"
 REBIND_MIN_INTERVAL = 30.0  # at most one extra REGISTER per this many seconds for INVITEs not sent to our contact
 
 
 def format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+    """A host as it goes into a URI or Via: an IPv6 address in brackets (RFC 3261 25.1)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def split_hostport(value: str, default_port: int) -> tuple[str, int]:
+    if value.startswith("["):  # "[2001:db8::1]:5060": an IPv6 address, bracketed (RFC 3261 25.1)
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+        return host, int(port) if port.isdigit() else default_port
     host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
     return host, int(port) if port else default_port
 
@@ -163,6 +168,7 @@ class Registration:
         self.outbox: list[SendRequest | ResolveProvider | StatusChange] = []
         self.timer_at: float | None = None
         self.dest: tuple[str, int] | None = None
+        self.alternatives: list[tuple[str, int]] = []  # the next targets of the resolution (RFC 3263 4.3)
         self.expires = cfg.register_expires
         self._callid = token(rng, 10)
         self._tag = token(rng, 6)
@@ -216,7 +222,9 @@ class Registration:
             self._refresh(now)
         return True
 
-    def resolved(self, dest: tuple[str, int], local: str | None, now: float) -> None:
+    def resolved(self, dest: tuple[str, int], local: str | None, now: float,
+                 alternatives: tuple[tuple[str, int], ...] = ()) -> None:
+        """`dest` answers the ResolveProvider; `alternatives` are the targets to fail over to, in order."""
         if self.state is not RegState.RESOLVING:
             return
         host = self._target()[0]
@@ -226,6 +234,7 @@ class Registration:
                 return
             self.contact.host = local
         self.dest = dest
+        self.alternatives = [a for a in alternatives if a != dest]
         self._go(RegEvent.RESOLVED)
         self._auth_tries = self._tries_423 = 0
         self._send_register(self.expires, now)
@@ -265,6 +274,12 @@ class Registration:
         stopping = self.state is RegState.UNREGISTERING
         dest = self.dest or ("", 0)
         if resp is None:
+            if self.alternatives and not stopping:  # RFC 3263 4.3: a target that does not answer -> the next
+                self.dest = self.alternatives.pop(0)
+                log.info("screener: no answer from %s:%d: trying %s:%d", format_host(dest[0]), dest[1],
+                         format_host(self.dest[0]), self.dest[1])
+                self._send_register(self.expires, now)
+                return
             self._fail(f"no answer from {format_host(dest[0])}:{dest[1]}", None, True, now)
             return
         code = resp.status
@@ -448,8 +463,9 @@ class Registration:
     def aor_domain(self) -> str:
         cfg = self.cfg
         if cfg.domain:
-            return cfg.domain
-        return cfg.server if cfg.port == 5060 else f"{cfg.server}:{cfg.port}"
+            return format_host(cfg.domain)
+        host = format_host(cfg.server)
+        return host if cfg.port == 5060 else f"{host}:{cfg.port}"
 
     def _send_register(self, expires: int, now: float) -> None:
         assert self.dest is not None
@@ -462,7 +478,7 @@ class Registration:
     def _register_request(self, expires: int) -> bytes:
         cfg = self.cfg
         uri = f"sip:{self.aor_domain()}"
-        aor = f"<sip:{cfg.username}@{cfg.sip_domain}>"
+        aor = f"<sip:{cfg.username}@{format_host(cfg.sip_domain)}>"
         self._cseq += 1
         self._branch = new_branch(self.rng)
         headers = [("via", self.contact.via(self._branch)), ("max-forwards", "70")]

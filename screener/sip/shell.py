@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import dns.exception
+import dns.resolver
+
 from screener.config import SipConfig
 from screener.sip.core import (
     CallEnded,
@@ -43,10 +46,12 @@ from screener.sip.registration import (
     backoff_delay,
     split_hostport,
 )
+from screener.sip.resolve import ResolveError, resolve, trusted_addresses
 from screener.sip.transactions import REFRESH_MAX, Timing
 
 log = logging.getLogger("screener.sip")
 
+DNS_LIFETIME = 3.0  # s per RFC 3263 query (the aux thread waits; a dead DNS server must not stall registration)
 PARKED_WORKERS = 2  # call-handler threads kept waiting for the next call (see _Workers)
 
 __all__ = ["PARKED_WORKERS", "REFRESH_MAX", "Call", "CallControl", "IncomingCall", "RegStatus", "SipAgent", "Timing",
@@ -170,9 +175,7 @@ class Call:
     # -- actions --
 
     def ring(self) -> bool:
-        """Send 180 Ringing (nothing when the caller requires reliable provisionals); False when it is over."""
-        if self.requires_100rel:
-            return not self.ended  # an unreliable 180 would break 100rel: the caller's side rings by itself
+        """Send 180 Ringing (reliably, RFC 3262, when the caller requires or supports 100rel); False when over."""
         return self._control.ring(self.key)
 
     def decline(self, code: int = 603) -> bool:
@@ -294,6 +297,8 @@ class SipAgent:
         self._sleep_until = 0.0  # when the socket thread wakes by itself (read and written under _lock)
         self.sock: socket.socket | None = None
         self.pool: PortPool | None = None
+        self._family = socket.AF_INET
+        self._resolver: dns.resolver.Resolver | None = None
 
     # -- life cycle --
 
@@ -312,6 +317,7 @@ class SipAgent:
             if ":" in self.contact.host:
                 family = socket.AF_INET6
             bind_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        self._family = family
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind((bind_host, cfg.sip_port))
@@ -389,8 +395,20 @@ class SipAgent:
             return split_hostport(self.cfg.outbound_proxy, 5060)
         return self.cfg.server, self.cfg.port
 
+    def _dns(self) -> dns.resolver.Resolver | None:
+        """The resolver of RFC 3263 look-ups (None when the system has no DNS configuration)."""
+        if self._resolver is None:
+            try:
+                self._resolver = dns.resolver.Resolver()
+            except (dns.exception.DNSException, OSError) as e:
+                log.warning("screener: no DNS resolver (%s): provider names resolved by the system only", e)
+                return None
+            self._resolver.lifetime = DNS_LIFETIME
+        return self._resolver
+
     def _provider_addresses(self) -> set[str]:
-        """A/AAAA of registrar and outbound proxy: the addresses whose requests are answered."""
+        """Registrar and outbound proxy resolved every way (NAPTR, SRV, A/AAAA over any transport, and the system's
+        resolver for /etc/hosts): the addresses whose requests are answered."""
         ips: set[str] = set()
         hosts = [self.cfg.server] if self.cfg.server else []
         if self.cfg.outbound_proxy:
@@ -400,12 +418,35 @@ class SipAgent:
                 for info in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM):
                     ips.add(str(info[4][0]).split("%")[0])
             except OSError as e:
-                log.warning("screener: cannot resolve SIP provider %s: %s", host, e)
+                log.warning("screener: cannot resolve SIP provider %s: %s", host, e)  # SRV may still name it
+            resolver = self._dns()
+            if resolver is not None:
+                try:
+                    ips.update(trusted_addresses(host, resolver=resolver))
+                except OSError as e:  # ResolveError: what getaddrinfo found above still counts
+                    log.debug("screener: no SIP DNS records for %s: %s", host, e)
         return ips
 
-    def _discover_local_address(self) -> str | None:
-        """The address this host uses to reach the provider (never 0.0.0.0)."""
-        host, port = self._proxy()
+    def _targets(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Where to send the provider's requests, in order (RFC 3263 4: NAPTR, SRV, then A/AAAA; the system's
+        resolver as the last resort). The default port lets SRV choose the port. OSError when nothing resolves."""
+        resolver = self._dns()
+        targets: list[tuple[str, int]] = []
+        if resolver is not None:
+            try:
+                found = resolve(host, None if port == 5060 else port, resolver=resolver)
+                targets = [t.addr for t in found]
+            except ResolveError as e:
+                log.debug("screener: %s", e)
+        if not targets:
+            targets = [(str(info[4][0]).split("%")[0], port)
+                       for info in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)]
+        usable = [t for t in targets if (":" in t[0]) == (self._family == socket.AF_INET6)]
+        return list(dict.fromkeys(usable or targets))
+
+    def _discover_local_address(self, dest: tuple[str, int] | None = None) -> str | None:
+        """The address this host uses to reach the provider, or `dest` (never 0.0.0.0)."""
+        host, port = dest or self._proxy()
         if not host:
             return None
         try:
@@ -426,13 +467,17 @@ class SipAgent:
         """On the aux thread: the DNS look-ups a REGISTER attempt needs, fed back to the core."""
         ips = self._provider_addresses()
         try:
-            dest_ip = str(socket.getaddrinfo(req.host, req.port, type=socket.SOCK_DGRAM)[0][4][0])
+            targets = self._targets(req.host, req.port)
         except OSError as e:
             error = str(e)
             self._command(lambda now: self.core.resolve_failed(error, ips, now))
             return
-        local = self._discover_local_address() if req.local_needed else None
-        self._command(lambda now: self.core.resolved((dest_ip, req.port), local, ips, now))
+        if not targets:
+            self._command(lambda now: self.core.resolve_failed("no address", ips, now))
+            return
+        local = self._discover_local_address(targets[0]) if req.local_needed else None
+        # every target is trusted as a source (core.resolved adds them), the first tried, the rest failed over to
+        self._command(lambda now: self.core.resolved(targets[0], local, ips, now, tuple(targets[1:])))
 
     def is_trusted(self, ip: str) -> bool:
         """Only the provider (and configured ranges) may send us requests."""
@@ -512,7 +557,9 @@ class SipAgent:
             if ev.codec is not None:
                 found.codec = ev.codec[0]
                 found.media.set_codec(*ev.codec)
-            found.media.set_remote(ev.remote)
+            if ev.ptime is not None:
+                found.media.set_ptime(ev.ptime)
+            found.media.set_remote(ev.remote)  # port 0 (a hold): nothing is sent
 
     # -- commands of the calls (CallControl) --
 
@@ -545,7 +592,7 @@ class SipAgent:
             self.core.decline(key, 480, now, why="error")
             return None
         media = RtpSession(self.pool, sock, plan.codec, plan.payload, plan.event_payload, plan.remote,
-                           on_digit=call._digit, trusted=self.is_trusted)
+                           on_digit=call._digit, trusted=self.is_trusted, ptime=plan.ptime)
         if plan.late:
             media.outPort = 0  # nothing to send to until the ACK brings the answer
         if not self.core.answer(key, plan, media.port, now):
