@@ -6,11 +6,13 @@ Exit status: 0 done, 1 done in part or failed at run time (e.g. bad CSV rows), 2
 from __future__ import annotations
 
 import argparse
+import ctypes
 import getpass
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     web = sub.add_parser("web", help="run the dashboard alone")
     web.add_argument("--nice", type=int, default=0, metavar="N",
                      help="lower its CPU priority by N (screener run starts it with 10: the line comes first)")
+    web.add_argument("--parent", type=int, default=0, metavar="PID", help=argparse.SUPPRESS)
     return p
 
 
@@ -463,6 +466,20 @@ def _lower_priority(by: int) -> Iterator[None]:
             pass  # only root may raise it again; the command ends soon anyway
 
 
+def _end_with_parent(pid: int) -> bool:
+    """Have the kernel send SIGTERM when `screener run` (pid) dies, even by SIGKILL; False if it already has.
+
+    An orphaned dashboard would keep its port, and the next `screener run` could not serve its own.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the dashboard then outlives a killed service, as any child would
+    return os.getppid() == pid
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 WEB_NICE = 10  # the dashboard's CPU priority under `screener run`, below the SIP service's
 IMPORT_NICE = 10  # `list import` yields the CPU to a running service's calls
 
@@ -479,7 +496,8 @@ class WebProcess:
 
     def __init__(self, cfg: Config) -> None:
         # on 2 cores a dashboard import at full speed delayed the 603s by the scheduler alone: it yields
-        self.argv = [sys.executable, "-m", "screener", "--config", str(cfg.path), "web", "--nice", str(WEB_NICE)]
+        self.argv = [sys.executable, "-m", "screener", "--config", str(cfg.path), "web", "--nice", str(WEB_NICE),
+                     "--parent", str(os.getpid())]
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -526,6 +544,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     _store(cfg).dispose()
+    if args.parent and not _end_with_parent(args.parent):
+        return 0
     if args.nice:
         os.nice(args.nice)
     web.serve(cfg)

@@ -44,3 +44,22 @@ def test_dashboard_runs_beside_the_service_and_is_restarted(screener: Screener, 
     wait_until(lambda: _children(pid) and _children(pid) != [web], 15, interval=0.2, what="a new dashboard")
     wait_until(lambda: _login_page(ports) == 200, 15, interval=0.2, what="the dashboard again")
     assert "the dashboard exited" in screener.log_tail()
+
+
+def test_dashboard_ends_with_a_killed_service(screener: Screener, ports: Ports):
+    # an orphaned dashboard would keep the port from the next `screener run`
+    assert screener.proc is not None
+    pid = screener.proc.pid
+    wait_until(lambda: _login_page(ports) == 200, 15, interval=0.2, what="the dashboard")
+    (web,) = _children(pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{web}").exists() or "Z" in _state(web), 10, interval=0.1,
+               what="the dashboard to end with its service")
+
+
+def _state(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return "gone"
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
