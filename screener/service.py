@@ -108,7 +108,7 @@ class RulesSnapshot:
     """The rules as last read, to decide from while the database cannot be read (PostgreSQL restarting).
 
     Lists up to SNAPSHOT_MAX entries are kept whole (a household's lists and presets: well under 1 MiB) and
-    read again whenever their fingerprint changes (checked every few seconds; one aggregate query). The rules
+    read again whenever their fingerprint changes (checked every second; one aggregate query). The rules
     each caller's own lookup returned are kept too, for the last RECENT_MAX callers: the fresher of the two
     answers, and the only one for lists too large to keep whole.
     """
@@ -212,7 +212,7 @@ class CallHandler:
                 self._idle.notify_all()
 
     def refresh_rules(self) -> None:
-        """Read the lists again if they changed (never on a call's path: the service's heartbeat does it)."""
+        """Read the lists again if they changed (never on a call's path: the service's main loop does it)."""
         try:
             self.snapshot.refresh(self.db, time.monotonic())
         except Exception as e:
@@ -515,14 +515,8 @@ class Service:
         self.agent = factory(cfg.sip, self.handler, self._on_status, on_reject=self.handler.rejected,
                              ring_limit=cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
         self.agent.start()
-        agent_state = health.agent_snapshot(self.agent)
-        handler = self.handler
-
-        def beat() -> health.Snapshot:
-            handler.refresh_rules()  # the service's one periodic chore besides the beat itself
-            return agent_state()
-
-        self._heartbeat = health.Heartbeat(db, beat, file=cfg.data_path / health.BEAT_FILE).start()
+        self._heartbeat = health.Heartbeat(db, health.agent_snapshot(self.agent),
+                                           file=cfg.data_path / health.BEAT_FILE).start()
 
     def _on_status(self, st: Any) -> None:
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))
@@ -598,6 +592,8 @@ class Service:
                     if self._reload.is_set():
                         self._reload.clear()
                         self.reload()
+                    if self.handler is not None:
+                        self.handler.refresh_rules()  # a list changed in the dashboard is known within a second
             finally:
                 self.stop()
         return 0
