@@ -81,8 +81,17 @@ def test_parked_workers_take_calls_and_a_burst_leaves_no_threads(provider):
             release.wait(3)  # all burst calls are in their handlers at the same time
         call.decline(603)
 
+    deadline = time.monotonic() + 2
     base = threading.active_count()
+    while time.monotonic() < deadline:  # threads of the tests before may still be ending
+        time.sleep(0.05)
+        if threading.active_count() == base:
+            break
+        base = threading.active_count()
     with running_agent(provider, Recorder(handler)) as agent:
+        deadline = time.monotonic() + 2
+        while threading.active_count() != base + 2 + PARKED_WORKERS and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert threading.active_count() == base + 2 + PARKED_WORKERS
         for i in range(5):
             provider.send(invite(agent.local_port, provider, f"seq{i}"), agent_addr(agent))
