@@ -250,10 +250,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             keys = csvio.EXPORT_COLUMNS
             print(json.dumps([dict(zip(keys, csvio.entry_row(e), strict=True)) for e in entries], ensure_ascii=False))
         else:
-            for e in entries:
-                w = e.window
-                print(f"{e.list:6} {e.pattern:20} {e.label}" + (f"  [{w}]" if w else "")
-                      + f"  ({e.source}, {e.hit_count} hits)")
+            for entry in entries:
+                w = entry.window
+                print(f"{entry.list:6} {entry.pattern:20} {entry.label}" + (f"  [{w}]" if w else "")
+                      + f"  ({entry.source}, {entry.hit_count} hits)")
         return 0
     if sub == "import":
         try:
