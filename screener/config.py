@@ -104,6 +104,8 @@ class SipConfig:
     register_expires: int = _opt(300, _range(30, 86400))
     keepalive_interval: int = _opt(25, _range(0, 3600))
     trusted_sources: tuple[str, ...] = _opt_list([], _networks)
+    mode: str = _opt("parallel", _one_of("parallel", "gatekeeper"),
+                     help="parallel: the house rings with screener; gatekeeper: only screener rings, it rings the house")
 
     @property
     def auth_user(self) -> str:
@@ -121,6 +123,7 @@ class PromptsConfig:
     failed: str = _opt("")
     blocked: str = _opt("")
     voicemail: str = _opt("")
+    hold: str = _opt("")
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,30 @@ class ScreeningConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
 
 
+_sip_uri = (lambda v: v == "" or bool(re.fullmatch(r"sips?:[^\s@<>\"]+@[\w.\-\[\]:]+(;[^\s<>\"]*)?", v)),
+            'empty or a SIP URI such as "sip:**9@fritz.box"')
+
+
+_marker = (lambda v: len(v) <= 20 and not re.search(r'["\\<>\x00-\x1f]', v), "at most 20 characters, no quotes")
+
+
+@dataclass(frozen=True)
+class RingThroughConfig:
+    target: str = _opt("", _sip_uri, help="who rings when a screened caller passes; empty = voicemail only")
+    ask_name: bool = _opt(False)
+    announce: bool = _opt(True)
+    marker: str = _opt("screened", _marker, help="added to the caller's name on the household's display")
+    talk_key: str = _opt("1", _digit)
+    voicemail_key: str = _opt("2", _digit)
+    block_key: str = _opt("9", _digit)
+    timeout: float = _opt(25.0, _range(5, 300, "a number"))
+    max_bridged_calls: int = _opt(4, _range(1, 32))
+    max_talk_minutes: int = _opt(240, _range(1, 1440))
+    username: str = _opt("", help="digest credentials for the target; empty = the [sip] account's")
+    password: str = _opt("", secret=True)
+    password_file: str = _opt("")
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = _opt("sqlite:///screener.db")
@@ -164,6 +191,7 @@ class WebConfig:
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    ring_through: RingThroughConfig = field(default_factory=RingThroughConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     web: WebConfig = field(default_factory=WebConfig)
     data_dir: str = _opt("data", help="voicemail, converted prompts and generated secrets live here")
@@ -234,6 +262,14 @@ def _cross_checks(cfg: Config, fname: str) -> None:
         raise ConfigError(f"{fname}: sip.sip_port must lie outside the RTP port range, got {sip.sip_port}")
     if sip.password and sip.password_file:
         raise ConfigError(f"{fname}: sip.password_file must be empty when sip.password is set")
+    rt = cfg.ring_through
+    if rt.password and rt.password_file:
+        raise ConfigError(f"{fname}: ring_through.password_file must be empty when ring_through.password is set")
+    keys = (rt.talk_key, rt.voicemail_key, rt.block_key)
+    if len(set(keys)) < 3:
+        raise ConfigError(f"{fname}: ring_through.talk_key, voicemail_key and block_key must differ, got {list(keys)}")
+    if sip.mode == "gatekeeper" and not rt.target:
+        raise ConfigError(f'{fname}: sip.mode = "gatekeeper" needs ring_through.target (the phones to ring)')
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -250,13 +286,19 @@ def load(path: str | os.PathLike[str]) -> Config:
     _cross_checks(cfg, fname)
     cfg = replace(cfg, path=str(p.resolve()))
     if cfg.sip.password_file:
-        pw_path = cfg.resolve(cfg.sip.password_file)
-        try:
-            pw = pw_path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"{fname}: sip.password_file cannot be read: {e.strerror} ({pw_path})") from None
-        cfg = replace(cfg, sip=replace(cfg.sip, password=pw))
+        cfg = replace(cfg, sip=replace(cfg.sip, password=_read_secret(cfg, "sip", cfg.sip.password_file, fname)))
+    if cfg.ring_through.password_file:
+        pw = _read_secret(cfg, "ring_through", cfg.ring_through.password_file, fname)
+        cfg = replace(cfg, ring_through=replace(cfg.ring_through, password=pw))
     return cfg
+
+
+def _read_secret(cfg: Config, section: str, name: str, fname: str) -> str:
+    path = cfg.resolve(name)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{fname}: {section}.password_file cannot be read: {e.strerror} ({path})") from None
 
 
 def default_path() -> Path:
