@@ -293,7 +293,7 @@ def call_dict(c: Any, tz: ZoneInfo) -> dict[str, Any]:
             "call_id": c.call_id, "caller_raw": c.caller_raw, "e164": c.e164, "name": c.name,
             "withheld": c.withheld, "type": c.number_type, "called_line": c.called_line,
             "decision": c.decision, "outcome": c.outcome, "rule": c.rule, "reason": c.reason,
-            "digits": c.digits, "duration_s": c.duration_s, "voicemail": c.voicemail_path}
+            "digits": c.digits, "duration_s": c.duration_s, "talk_s": c.talk_s, "voicemail": c.voicemail_path}
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
@@ -309,6 +309,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
     for r in rows:
         who = r["e164"] or ("withheld" if r["withheld"] else r["caller_raw"] or "?")
         dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        if r["talk_s"] is not None:
+            dur += f" (talk {r['talk_s']:.0f}s)"
         print(f"{r['started_at'][:19]}  {who:16} {r['name'][:20]:20} {r['decision']:6} "
               f"{r['outcome'] or 'in progress':18} {dur:>5}  {r['reason']}")
     return 0
