@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -445,13 +445,33 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       ("password", cfg.sip.password)) if not v)
         raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
                        "\"Attaching screener to your line\") before `screener run`")
-    _store(cfg).dispose()
+    status = _migrate_apart(cfg)
+    if status:
+        return status
     # the composition root: the service never imports the dashboard; the CLI starts both
     dashboard = WebProcess(cfg)
     try:
         return run_service(cfg, on_started=lambda _service: dashboard.start())
     finally:
         dashboard.stop()
+
+
+def _migrate_apart(cfg: Config) -> int:
+    """Bring the schema up to date in a forked child; its exit status (its message printed by it).
+
+    Alembic and the migration scripts (6 MiB) then never enter the long-running service's memory.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _reporting(lambda: _store(cfg).dispose() or 0)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @contextmanager
@@ -560,8 +580,13 @@ COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_li
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return _reporting(lambda: COMMANDS[args.command](args))
+
+
+def _reporting(fn: Callable[[], int]) -> int:
+    """Run a command; a user's mistake or a database that cannot be reached is one line and an exit status."""
     try:
-        return COMMANDS[args.command](args)
+        return fn()
     except (ConfigError, CliError) as e:
         print(f"screener: {e}", file=sys.stderr)
         return e.status if isinstance(e, CliError) else 2
