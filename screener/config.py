@@ -113,6 +113,11 @@ class SipConfig:
     def sip_domain(self) -> str:
         return self.domain or self.server
 
+    @property
+    def missing(self) -> str:
+        """The first account setting still empty ("" when the account is complete)."""
+        return next((k for k in ("server", "username", "password") if not getattr(self, k)), "")
+
 
 @dataclass(frozen=True)
 class PromptsConfig:
