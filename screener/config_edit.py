@@ -22,6 +22,8 @@ from tomlkit.items import Item, Table
 from screener import config as config_mod
 from screener.config import Config, ConfigError
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"  # what a missing config file starts from
+
 
 class EditError(ValueError):
     """A change that was refused: `key` is the dotted setting it concerns ("" when none)."""
