@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--line", default="", help="the line that received the calls, for calls that did not record it")
     ev.add_argument("--json", action="store_true")
 
+    cs = sub.add_parser("config", help="change the config file (its comments stay)").add_subparsers(
+        dest="config_command", required=True)
+    cset = cs.add_parser("set", help="set settings, e.g. sip.server=fritz.box screening.presets=it")
+    cset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+
     user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="user_command", required=True)
     ua = user.add_parser("add", help="add a user or set a user's password")
     ua.add_argument("name")
@@ -358,10 +363,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-    from werkzeug.security import generate_password_hash
-
-    from screener import store
+    from screener import users
 
     cfg = _load(args)
     if args.password_stdin:
@@ -370,16 +372,51 @@ def cmd_user(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.name}: ")
         if password != getpass.getpass("again: "):
             raise CliError("the passwords differ", 1)
-    if len(password) < 8:
-        raise CliError("the password must have at least 8 characters", 1)
-    with _store(cfg).write() as s:
-        u = s.scalar(select(store.User).where(store.User.login == args.name))
-        if u is None:
-            u = store.User(login=args.name, password_hash="")
-            s.add(u)
-        u.password_hash = generate_password_hash(password, method="scrypt")
+    try:
+        with _store(cfg).write() as s:
+            users.save_user(s, args.name, password)
+    except users.UserError as e:
+        raise CliError(str(e), 1) from None
+    users.clear_code(cfg.data_path)
     print(f"user {args.name} saved")
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from screener import config_edit
+
+    path = Path(args.config) if args.config else config_mod.default_path()
+    changes = {}
+    try:
+        for item in args.assignments:
+            key, eq, text = item.partition("=")
+            if not eq:
+                raise CliError(f"{item!r}: write KEY=VALUE, e.g. sip.server=fritz.box")
+            changes[key.strip()] = config_edit.coerce(key.strip(), text)
+        config_edit.edit(path, changes, template=EXAMPLE_CONFIG)
+    except config_edit.EditError as e:
+        raise CliError(f"{path}: {e}") from None
+    print(f"{path}: {', '.join(changes)} saved (a running screener applies it within a second)")
+    return 0
+
+
+def _dashboard_notice(cfg: Config) -> None:
+    """What `run` and `web` print at start: the dashboard's address, a missing SIP account, the setup code."""
+    from screener import users
+
+    host = cfg.web.host if cfg.web.host not in ("0.0.0.0", "::", "") else "THIS-MACHINE"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{cfg.web.port}/"
+    print(f"dashboard: {url}", flush=True)
+    if cfg.sip.missing:
+        print(f"SIP: not configured yet (sip.{cfg.sip.missing} is empty): the service waits; set up the line on "
+              f"{url}setup", flush=True)
+    with _store(cfg).read() as s:
+        need_user = not users.has_users(s)
+    if need_user:
+        code = users.issue_code(cfg.data_path)
+        print(f"no dashboard user yet: open {url} and enter the setup code {users.show_code(code)}", flush=True)
+    else:
+        users.clear_code(cfg.data_path)
 
 
 def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
@@ -390,6 +427,9 @@ def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
 
     if h.state == "never":
         return ["not running: the SIP service has not run yet"]
+    if h.running and st.state == "not_configured":
+        return [f"running, not configured since {at(st.since)}: {st.last_error or '[sip] is incomplete'}; set up "
+                "the line on the dashboard's setup page (/setup) or in the config file"]
     if h.state == "stopped":
         lines = [f"not running: stopped since {at(st.since)}"]
     elif h.state == "stale":
@@ -440,12 +480,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from screener.service import run_service
 
     cfg = _load(args)
-    if not (cfg.sip.server and cfg.sip.username and cfg.sip.password):
-        missing = next(k for k, v in (("server", cfg.sip.server), ("username", cfg.sip.username),
-                                      ("password", cfg.sip.password)) if not v)
-        raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
-                       "\"Attaching screener to your line\") before `screener run`")
-    status = _migrate_apart(cfg)
+    status = _in_child(lambda: _prepare_run(cfg))
     if status:
         return status
     # the composition root: the service never imports the dashboard; the CLI starts both
@@ -456,10 +491,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         dashboard.stop()
 
 
-def _migrate_apart(cfg: Config) -> int:
-    """Bring the schema up to date in a forked child; its exit status (its message printed by it).
+def _prepare_run(cfg: Config) -> int:
+    _store(cfg).dispose()
+    _dashboard_notice(cfg)  # without a SIP account the service waits as "not configured"
+    return 0
 
-    Alembic and the migration scripts (6 MiB) then never enter the long-running service's memory.
+
+def _in_child(fn: Callable[[], int]) -> int:
+    """Run `fn` in a forked child; its exit status (its message printed by it).
+
+    `run` brings the schema up to date this way: alembic and the migration scripts (6 MiB) then never enter
+    the long-running service's memory.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -467,8 +509,9 @@ def _migrate_apart(cfg: Config) -> int:
     if pid == 0:
         code = 1
         try:
-            code = _reporting(lambda: _store(cfg).dispose() or 0)
+            code = _reporting(fn)
         finally:
+            sys.stdout.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
@@ -568,6 +611,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     _store(cfg).dispose()
     if args.parent and not _end_with_parent(args.parent):
         return 0
+    if not args.parent:
+        _dashboard_notice(cfg)
     if args.nice:
         os.nice(args.nice)
     web.serve(cfg)
@@ -575,7 +620,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_list, "calls": cmd_calls,
-            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
+            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web,
+            "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,7 +105,7 @@ class SipConfig:
     keepalive_interval: int = _opt(25, _range(0, 3600))
     trusted_sources: tuple[str, ...] = _opt_list([], _networks)
     mode: str = _opt("parallel", _one_of("parallel", "gatekeeper"),
-                     help="parallel: the house rings with screener; gatekeeper: only screener rings, it rings the house")
+                     help="parallel: the house rings beside screener; gatekeeper: screener rings the house")
 
     @property
     def auth_user(self) -> str:
@@ -114,6 +114,11 @@ class SipConfig:
     @property
     def sip_domain(self) -> str:
         return self.domain or self.server
+
+    @property
+    def missing(self) -> str:
+        """The first account setting still empty ("" when the account is complete)."""
+        return next((k for k in ("server", "username", "password") if not getattr(self, k)), "")
 
 
 @dataclass(frozen=True)

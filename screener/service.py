@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import re
 import signal
 import threading
@@ -39,6 +40,7 @@ NAME_MAX_S, NAME_SILENCE_S, NAME_MIN_S = 4.0, 1.5, 0.3  # the caller's name for 
 ANNOUNCE_WAIT_S, KEY_POLL_S = 8.0, 0.5  # the household's time to press a key after each announcement
 ANNOUNCE_BUDGET_S = 40.0  # ringback queued beyond the ringing: the announcement, twice, and its waits
 RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
+SIP_CHANGE_WAIT_S = 60.0  # a [sip] change waits this long at most for the calls in progress to end
 
 
 class CallInfo(Protocol):
@@ -683,7 +685,12 @@ def _configured_prompts(cfg: Config) -> dict[str, Path | None]:
 
 
 class Service:
-    """The running screener: start() binds and registers, stop() unregisters and closes; run() does both."""
+    """The running screener: start() binds and registers, stop() unregisters and closes; run() does both.
+
+    Without a SIP account ([sip] server, username or password empty) it runs all the same, registered nowhere,
+    in the state "not_configured", until the config file gives it one: the file is watched every second, and a
+    [sip] change stops the agent and starts a new one (no restart).
+    """
 
     def __init__(self, cfg: Config, *, db: store.Store | None = None,
                  agent_factory: Callable[..., Any] | None = None) -> None:
@@ -695,14 +702,16 @@ class Service:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._heartbeat: health.Heartbeat | None = None
+        self._config_stamp: tuple[Any, ...] | None = None
+        self._sip_pending_since: float | None = None  # a [sip] change waiting for the calls in progress
+        self._agent_error = ""  # why the last agent could not start (its SIP port taken)
+        self._waiting_since = store.utcnow()
 
     def start(self) -> None:
         """Open the database, recover what the last run left, load prompts, bind the SIP port, register.
 
         Raises ValueError for a prompt that cannot be used and OSError when the SIP port is taken.
         """
-        from screener.sip import SipAgent
-
         cfg = self.cfg
         if self._db is None:
             self._db = store.Store(cfg.database_url)  # the schema is brought up to date by `screener run`
@@ -718,12 +727,39 @@ class Service:
             log.warning("screener: the database does not answer yet: call rows are journalled until it does")
         self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
         self.handler.refresh_rules()
+        self._config_stamp = self._stamp()
+        self._start_agent()
+        self._heartbeat = health.Heartbeat(db, self._snapshot, file=cfg.data_path / health.BEAT_FILE).start()
+
+    def _start_agent(self) -> None:
+        """Register with cfg.sip, or wait as "not_configured" when it names no account; OSError: port taken."""
+        from screener.sip import SipAgent
+
+        sip = self.cfg.sip
+        self._agent_error = ""
+        if sip.missing:
+            log.warning("screener: no SIP account yet (sip.%s is empty): waiting for one in %s (the dashboard's "
+                        "setup page writes it)", sip.missing, self.cfg.path or "the config file")
+            self._waiting_since = store.utcnow()
+            self._on_status_value(health.NOT_CONFIGURED, f"sip.{sip.missing} is empty", self._waiting_since)
+            return
+        assert self.handler is not None
         factory = self._agent_factory or SipAgent
-        self.agent = factory(cfg.sip, self.handler, self._on_status, on_reject=self.handler.rejected,
-                             ring_limit=cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
-        self.agent.start()
-        self._heartbeat = health.Heartbeat(db, health.agent_snapshot(self.agent),
-                                           file=cfg.data_path / health.BEAT_FILE).start()
+        agent = factory(sip, self.handler, self._on_status, on_reject=self.handler.rejected,
+                        ring_limit=self.cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
+        self.agent = agent
+        agent.start()
+
+    def _snapshot(self) -> health.Snapshot:
+        agent = self.agent
+        if agent is not None:
+            return health.agent_snapshot(agent)()
+        if self._agent_error:
+            return health.Snapshot("failed", self._agent_error, self._waiting_since)
+        if self.cfg.sip.missing:
+            return health.Snapshot(health.NOT_CONFIGURED, f"sip.{self.cfg.sip.missing} is empty",
+                                   self._waiting_since)
+        return health.Snapshot("registering", "", self._waiting_since)
 
     def _on_status(self, st: Any) -> None:
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))
@@ -739,9 +775,10 @@ class Service:
     def stop(self) -> None:
         """Unregister, end the calls (outcome interrupted) and write their rows (about 3 s at most)."""
         self._stop.set()
-        if self.agent is not None:
-            self.agent.stop()
-            self.agent = None
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.stop()
+        if agent is not None or self._heartbeat is not None:
             if self.handler is not None:
                 self.handler.wait_idle(1.0)
                 self.handler.close(1.5)  # what the database does not take now stays in the journal
@@ -753,7 +790,8 @@ class Service:
             self._db.dispose()
 
     def reload(self) -> bool:
-        """Read the config file again and apply [screening] to the next calls (SIGHUP); False when it is bad."""
+        """Read the config file again: [screening] applies to the next calls, a [sip] change re-registers
+        (once the calls in progress ended: see _apply_sip_change); False when the file is bad."""
         from screener import config as config_mod
 
         if self.handler is None or not self.cfg.path:
@@ -765,12 +803,63 @@ class Service:
         except (ValueError, OSError) as e:
             log.error("screener: configuration not reloaded, the running one stays: %s", e)
             return False
-        if cfg.sip != self.cfg.sip or cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
-            log.warning("screener: [sip], [database] and data_dir changes take effect at the next restart")
-        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web)
+        if cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
+            log.warning("screener: [database] and data_dir changes take effect at the next restart")
+        sip_changed = cfg.sip != self.cfg.sip
+        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web, sip=cfg.sip)
         self.handler.configure(cfg, prompts)
         self.cfg = cfg
         log.info("screener: configuration reloaded from %s", cfg.path)
+        if sip_changed:
+            log.info("screener: [sip] changed: registering again%s",
+                     "" if self.handler.wait_idle(0) else " once the calls in progress end")
+            self._sip_pending_since = self._sip_pending_since or time.monotonic()
+        return True
+
+    def _apply_sip_change(self, now: float | None = None) -> bool:
+        """Re-register with the new [sip] once no call is in progress (or after SIP_CHANGE_WAIT_S: they end as
+        on a stop); True when it did."""
+        if self._sip_pending_since is None or self.handler is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if not self.handler.wait_idle(0) and now - self._sip_pending_since < SIP_CHANGE_WAIT_S:
+            return False
+        self._sip_pending_since = None
+        old, self.agent = self.agent, None
+        if old is not None:
+            old.stop()  # unregisters the old binding; frees the SIP port for the new agent
+        self._waiting_since = store.utcnow()
+        if not self.cfg.sip.missing:
+            self._on_status_value("registering", "", self._waiting_since)
+        try:
+            self._start_agent()
+        except OSError as e:
+            self.agent = None
+            self._agent_error = f"cannot bind UDP port {self.cfg.sip.sip_port}: {e.strerror or e}"
+            log.error("screener: %s", self._agent_error)
+            self._on_status_value("failed", self._agent_error, self._waiting_since)
+        return True
+
+    def _stamp(self) -> tuple[Any, ...] | None:
+        """What tells the config file (and the password file it names) changed."""
+        if not self.cfg.path:
+            return None
+        stamps: list[Any] = []
+        for p in (Path(self.cfg.path), self.cfg.resolve(self.cfg.sip.password_file) if self.cfg.sip.password_file
+                  else None):
+            try:
+                st = os.stat(p) if p is not None else None
+            except OSError:
+                st = None
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None)
+        return tuple(stamps)
+
+    def config_changed(self) -> bool:
+        """Whether the config file changed since it was last read (checked every second by run())."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
         return True
 
     def request_stop(self) -> None:
@@ -784,7 +873,8 @@ class Service:
         return self._stop.wait(timeout)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
-        """start(), wait for SIGINT/SIGTERM (SIGHUP reloads), stop(); 0 on a clean stop, 1 when it could not start."""
+        """start(), wait for SIGINT/SIGTERM (SIGHUP or a changed config file reloads), stop(); 0 on a clean
+        stop, 1 when it could not start."""
         with capture_signals(self.request_stop, self.request_reload):
             try:
                 self.start()
@@ -796,9 +886,10 @@ class Service:
                 if on_started is not None:
                     on_started()
                 while not self.wait(1.0):
-                    if self._reload.is_set():
+                    if self.config_changed() or self._reload.is_set():
                         self._reload.clear()
                         self.reload()
+                    self._apply_sip_change()
                     if self.handler is not None:
                         self.handler.refresh_rules()  # a list changed in the dashboard is known within a second
             finally:

@@ -76,18 +76,6 @@ def test_bad_config_exits_2_naming_file_and_key(run, write_config, argv: list[st
         2, "", f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n')
 
 
-@pytest.mark.parametrize(("sip", "missing"), [
-    ("", "server"),
-    ('server = "fritz.box"', "username"),
-    ('server = "fritz.box"\nusername = "screener"', "password"),
-])
-def test_run_without_an_account_exits_2_naming_the_key(run, write_config, sip: str, missing: str) -> None:
-    path = write_config(f"[sip]\n{sip}\n")
-    status, out, err = run("run", config_path=path)
-    assert (status, out) == (2, "")
-    assert err.startswith(f"screener: {path}: sip.{missing} is empty: fill in [sip]")
-
-
 def test_missing_config_exits_2(run, tmp_path: Path) -> None:
     path = tmp_path / "nowhere.toml"
     assert run("list", "show", config_path=path) == (

@@ -666,8 +666,11 @@ class FakeAgent:
         self.stopped = True
 
 
+ACCOUNT = '[sip]\nserver = "127.0.0.1"\nusername = "home"\npassword = "secret"\n'
+
+
 def test_service_start_closes_interrupted_rows_and_stores_status(write_config):
-    cfg = config.load(write_config(""))
+    cfg = config.load(write_config(ACCOUNT))
     db = store.Store(cfg.database_url)
     store.upgrade(db)
     with db.write() as s:
@@ -703,7 +706,7 @@ def migrated(cfg: config.Config) -> None:
 
 
 def test_run_stops_on_sigterm_and_restores_handlers(write_config):
-    cfg = config.load(write_config(""))
+    cfg = config.load(write_config(ACCOUNT))
     migrated(cfg)
     def ignore(signum, frame) -> None:  # a stray SIGTERM must never end the test run itself
         pass

@@ -36,6 +36,8 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
         prompts,
         security,
         settings,
+        setup,
+        users,
         voicemail,
     )
 
@@ -52,7 +54,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
     format.init_app(app)
     labels.init_app(app)
     auth.init_app(app)
-    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings):
+    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings, setup, users):
         module.init_app(app)
     _errors(app)
     return app

@@ -21,7 +21,8 @@ LABELS = {
         "voip": _l("VoIP"), "personal_number": _l("personal number"), "unknown": _l("unknown"),
     },
     "state": {"registered": _l("registered"), "registering": _l("registering"), "failed": _l("failed"),
-              "stopped": _l("stopped"), "unregistered": _l("not registered")},
+              "stopped": _l("stopped"), "unregistered": _l("not registered"),
+              "not_configured": _l("not configured")},
 }
 
 
