@@ -47,6 +47,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
     app.config.update(DEBUG=False, TESTING=testing, WTF_CSRF_TIME_LIMIT=None, JSON_SORT_KEYS=False)
     app.secret_key = security.load_secret(cfg, cfg.data_path)
     security.init_app(app)
+    app.wsgi_app = security.ProxyHeaders(app.wsgi_app, cfg.web.trusted_proxies)  # type: ignore[method-assign]
     csrf.init_app(app)
     db_mod.init_app(app, cfg, store)
     i18n.init_app(app)
@@ -81,8 +82,9 @@ def make_server(cfg: Config, *, store: Store | None = None, app: Flask | None = 
     from waitress import create_server
 
     app = app or create_app(cfg, store=store)
+    # behind a trusted proxy its headers must reach security.ProxyHeaders, which removes everyone else's
     return create_server(app, host=cfg.web.host, port=cfg.web.port, threads=threads, ident="screener",
-                         clear_untrusted_proxy_headers=True)
+                         clear_untrusted_proxy_headers=not cfg.web.trusted_proxies)
 
 
 def serve(cfg: Config, *, store: Store | None = None, stop: threading.Event | None = None) -> None:
