@@ -598,6 +598,29 @@ def test_user_add_says_how_to_give_the_password(run, db: store.Store, monkeypatc
     assert saved is None or check_password_hash(saved, "correct horse")
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_user_add_at_a_terminal_that_ends(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def eof(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", eof)
+    assert run("user", "add", "admin") == (2, "", NO_TERMINAL)
+    assert _user_hash(db, "admin") is None
+
+
+def test_user_add_at_a_terminal(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    typed = iter(["correct horse", "correct horse", "correct horse", "horse correct"])
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(typed))
+    assert run("user", "add", "admin") == (0, "user admin saved\n", "")
+    assert run("user", "add", "admin") == (1, "", "screener: the passwords differ\n")
+
+
 @pytest.mark.parametrize(("web", "error", "message"), [
     ("port = 8080", OSError(98, "Address already in use"),
      "web.port 8080 is in use on 127.0.0.1 (another screener, or another program): stop it, or choose another "

@@ -232,3 +232,29 @@ def test_secret_file_is_read_and_must_exist(write_config, tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as exc:
         config.load(path)
     assert str(exc.value) == f"{path}: web.secret_file cannot be read: No such file or directory ({tmp_path / 'nope'})"
+
+
+def test_a_driver_that_cannot_be_loaded(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    def broken() -> None:
+        raise ImportError("libpq.so.5: cannot open shared object file")
+
+    monkeypatch.setattr(PGDialect_psycopg, "import_dbapi", broken)
+    path = write_config('[database]\nurl = "postgresql+psycopg://me@db/screener"')
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == (f"{path}: database.url: the postgresql driver cannot be loaded: "
+                              "libpq.so.5: cannot open shared object file")
+
+
+def test_an_unreadable_config(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config("")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads any file: the refusal is simulated
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: cannot be read: Permission denied"
