@@ -46,7 +46,7 @@ class Row:
 @dataclass
 class _Op:
     seq: int
-    kind: str  # "open", "close", "allow"
+    kind: str  # "open", "close", "allow" (a list entry: allow or block)
     row: Row | None
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +109,11 @@ class CallLog:
 
     def allow(self, e164: str, label: str) -> None:
         """Journal a verified caller for the allow list (written by the writer like the rows)."""
-        self._put(_Op(0, "allow", None, {"e164": e164, "label": label}))
+        self.put_entry("allow", e164, label, "verified")
+
+    def put_entry(self, list_: str, e164: str, label: str, source: str) -> None:
+        """Journal a number for a list, moving it from another (a caller verified, one the household blocked)."""
+        self._put(_Op(0, "allow", None, {"e164": e164, "label": label, "list": list_, "source": source}))
 
     def _put(self, op: _Op) -> None:
         line = self._line(op)
@@ -218,7 +222,8 @@ class CallLog:
         hit = values.pop("$hit", None)
         if op.kind == "allow":
             with Session(bind=c) as s:
-                store.put_entry(s, "allow", values["e164"], label=values["label"], source="verified")
+                store.put_entry(s, values.get("list", "allow"), values["e164"], label=values["label"],
+                                source=values.get("source", "verified"))
             return
         row = op.row
         assert row is not None

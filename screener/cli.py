@@ -301,7 +301,7 @@ def call_dict(c: Any, tz: ZoneInfo) -> dict[str, Any]:
             "call_id": c.call_id, "caller_raw": c.caller_raw, "e164": c.e164, "name": c.name,
             "withheld": c.withheld, "type": c.number_type, "called_line": c.called_line,
             "decision": c.decision, "outcome": c.outcome, "rule": c.rule, "reason": c.reason,
-            "digits": c.digits, "duration_s": c.duration_s, "voicemail": c.voicemail_path}
+            "digits": c.digits, "duration_s": c.duration_s, "talk_s": c.talk_s, "voicemail": c.voicemail_path}
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
@@ -319,6 +319,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
     for r in rows:
         who = r["e164"] or ("withheld" if r["withheld"] else r["caller_raw"] or "?")
         dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        if r["talk_s"] is not None:
+            dur += f" (talk {r['talk_s']:.0f}s)"
         print(f"{r['started_at'][:19]}  {who:16} {r['name'][:20]:20} {r['decision']:6} "
               f"{r['outcome'] or 'in progress':18} {dur:>5}  {r['reason']}")
     return 0
@@ -477,7 +479,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       ("password", cfg.sip.password)) if not v)
         raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
                        "\"Attaching screener to your line\") before `screener run`")
-    _store(cfg).dispose()
+    status = _migrate_apart(cfg)
+    if status:
+        return status
     # the composition root: the service never imports the dashboard; the CLI starts both
     dashboard = WebProcess(cfg)
     try:
@@ -487,6 +491,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dashboard.error:
         raise CliError(dashboard.error)  # `run` does not go on without its dashboard
     return status
+
+
+def _migrate_apart(cfg: Config) -> int:
+    """Bring the schema up to date in a forked child; its exit status (its message printed by it).
+
+    Alembic and the migration scripts (6 MiB) then never enter the long-running service's memory.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _reporting(lambda: _store(cfg).dispose() or 0)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @contextmanager
@@ -668,8 +690,13 @@ COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_li
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return _reporting(lambda: COMMANDS[args.command](args))
+
+
+def _reporting(fn: Callable[[], int]) -> int:
+    """Run a command; a user's mistake or a database that cannot be reached is one line and an exit status."""
     try:
-        return COMMANDS[args.command](args)
+        return fn()
     except (ConfigError, CliError) as e:
         print(f"screener: {e}", file=sys.stderr)
         return e.status if isinstance(e, CliError) else 2

@@ -106,6 +106,8 @@ class SipConfig:
     register_expires: int = _opt(300, _range(30, 86400))
     keepalive_interval: int = _opt(25, _range(0, 3600))
     trusted_sources: tuple[str, ...] = _opt_list([], _networks)
+    mode: str = _opt("parallel", _one_of("parallel", "gatekeeper"),
+                     help="parallel: the house rings with screener; gatekeeper: only screener rings, it rings the house")
 
     @property
     def auth_user(self) -> str:
@@ -123,6 +125,7 @@ class PromptsConfig:
     failed: str = _opt("")
     blocked: str = _opt("")
     voicemail: str = _opt("")
+    hold: str = _opt("")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,30 @@ class ScreeningConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
 
 
+_sip_uri = (lambda v: v == "" or bool(re.fullmatch(r"sips?:[^\s@<>\"]+@[\w.\-\[\]:]+(;[^\s<>\"]*)?", v)),
+            'empty or a SIP URI such as "sip:**9@fritz.box"')
+
+
+_marker = (lambda v: len(v) <= 20 and not re.search(r'["\\<>\x00-\x1f]', v), "at most 20 characters, no quotes")
+
+
+@dataclass(frozen=True)
+class RingThroughConfig:
+    target: str = _opt("", _sip_uri, help="who rings when a screened caller passes; empty = voicemail only")
+    ask_name: bool = _opt(False)
+    announce: bool = _opt(True)
+    marker: str = _opt("screened", _marker, help="added to the caller's name on the household's display")
+    talk_key: str = _opt("1", _digit)
+    voicemail_key: str = _opt("2", _digit)
+    block_key: str = _opt("9", _digit)
+    timeout: float = _opt(25.0, _range(5, 300, "a number"))
+    max_bridged_calls: int = _opt(4, _range(1, 32))
+    max_talk_minutes: int = _opt(240, _range(1, 1440))
+    username: str = _opt("", help="digest credentials for the target; empty = the [sip] account's")
+    password: str = _opt("", secret=True)
+    password_file: str = _opt("")
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = _opt("sqlite:///screener.db")
@@ -167,6 +194,7 @@ class WebConfig:
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    ring_through: RingThroughConfig = field(default_factory=RingThroughConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     web: WebConfig = field(default_factory=WebConfig)
     data_dir: str = _opt("data", help="voicemail, converted prompts and generated secrets live here")
@@ -232,8 +260,8 @@ def _unknown(prefix: str, key: str, value: Any, fname: str) -> ConfigError:
         hint = f": did you mean `{near[0]}`?"
     else:
         homes = [s for s, keys in sections.items() if s != here and keys.get(key) is False]
-        hint = (f": it belongs {'at the top, before any [section]' if homes[0] == '' else f'in [{homes[0]}]'}"
-                if homes else "")
+        where = " or ".join("at the top, before any [section]" if h == "" else f"in [{h}]" for h in homes)
+        hint = f": it belongs {where}" if homes else ""
     return ConfigError(f"{fname}: {prefix}{key} is not a known setting{hint}")
 
 
@@ -267,6 +295,14 @@ def _cross_checks(cfg: Config, fname: str) -> None:
         raise ConfigError(f"{fname}: sip.sip_port must lie outside the RTP port range, got {sip.sip_port}")
     if sip.password and sip.password_file:
         raise ConfigError(f"{fname}: sip.password_file must be empty when sip.password is set")
+    rt = cfg.ring_through
+    if rt.password and rt.password_file:
+        raise ConfigError(f"{fname}: ring_through.password_file must be empty when ring_through.password is set")
+    keys = (rt.talk_key, rt.voicemail_key, rt.block_key)
+    if len(set(keys)) < 3:
+        raise ConfigError(f"{fname}: ring_through.talk_key, voicemail_key and block_key must differ, got {list(keys)}")
+    if sip.mode == "gatekeeper" and not rt.target:
+        raise ConfigError(f'{fname}: sip.mode = "gatekeeper" needs ring_through.target (the phones to ring)')
 
 
 # the Python package that provides each database driver SQLAlchemy may ask for
@@ -358,9 +394,12 @@ def load(path: str | os.PathLike[str]) -> Config:
     if cfg.sip.password_file:
         pw = _read_secret(cfg, "sip.password_file", cfg.sip.password_file, fname)
         cfg = replace(cfg, sip=replace(cfg.sip, password=pw))
+    if cfg.ring_through.password_file:
+        pw = _read_secret(cfg, "ring_through.password_file", cfg.ring_through.password_file, fname)
+        cfg = replace(cfg, ring_through=replace(cfg.ring_through, password=pw))
     if cfg.web.secret_file and not cfg.web.secret:
-        cfg = replace(cfg, web=replace(cfg.web, secret=_read_secret(cfg, "web.secret_file", cfg.web.secret_file,
-                                                                        fname)))
+        secret = _read_secret(cfg, "web.secret_file", cfg.web.secret_file, fname)
+        cfg = replace(cfg, web=replace(cfg.web, secret=secret))
     return cfg
 
 

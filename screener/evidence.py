@@ -18,7 +18,7 @@ from screener.csvio import neutralise, writer
 from screener.numbers import parse_caller
 
 FIELDS = ("local_time", "utc_time", "line", "caller_raw", "e164", "withheld", "name", "call_id", "from_raw",
-          "pai_raw", "decision", "outcome", "rule", "reason", "duration_s", "digits", "voicemail",
+          "pai_raw", "decision", "outcome", "rule", "reason", "duration_s", "talk_s", "digits", "voicemail",
           "outside_code_hours")
 # (first, last) allowed minute per weekday, Monday = 0; Sunday has none
 CODE_HOURS: dict[int, tuple[time, time]] = {
@@ -45,6 +45,7 @@ class CallLike(Protocol):
     outcome: str | None
     digits: str
     duration_s: float | None
+    talk_s: float | None
     voicemail_path: str | None
 
 
@@ -128,6 +129,7 @@ def evidence_rows(calls: Iterable[CallLike], tz: tzinfo, line: str | None) -> li
             "rule": c.rule,
             "reason": c.reason,
             "duration_s": round(c.duration_s, 1) if c.duration_s is not None else None,
+            "talk_s": round(c.talk_s, 1) if c.talk_s is not None else None,
             "digits": c.digits,
             "voicemail": bool(c.voicemail_path),
             "outside_code_hours": outside_code_hours(local),

@@ -35,6 +35,9 @@ MIN_VOICEMAIL_S = 1.0  # shorter recordings are not kept
 JOURNAL_NAME = "calls.journal"  # in the data folder (see screener.calllog)
 SNAPSHOT_MAX = 20_000  # list entries kept in memory for deciding while the database is away
 RECENT_MAX = 1024
+NAME_MAX_S, NAME_SILENCE_S, NAME_MIN_S = 4.0, 1.5, 0.3  # the caller's name for the announcement
+ANNOUNCE_WAIT_S, KEY_POLL_S = 8.0, 0.5  # the household's time to press a key after each announcement
+ANNOUNCE_BUDGET_S = 40.0  # ringback queued beyond the ringing: the announcement, twice, and its waits
 RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
 
 
@@ -63,6 +66,22 @@ class CallInfo(Protocol):
         ...
 
 
+class HouseLeg(Protocol):
+    """The call screener places to the household (ring-through): screener.sip.Leg, or a fake in tests."""
+
+    final_code: int | None
+
+    @property
+    def ended(self) -> bool: ...
+    def wait_answered(self, timeout: float) -> str:
+        """"answered", "busy", "declined", "failed", "caller_gone", or "no_answer" (then it is cancelled)."""
+        ...
+    def cancel(self) -> None: ...
+    def hangup(self) -> None: ...
+    def play(self, pcm: bytes, *, until_digit: bool = False) -> bool: ...
+    def wait_digit(self, timeout: float) -> str | None: ...
+
+
 class LineCall(Protocol):
     """What the handler needs of a call: screener.sip.Call, or a fake in tests."""
 
@@ -81,6 +100,18 @@ class LineCall(Protocol):
     def wait_digit(self, timeout: float) -> str | None: ...
     def record(self, max_seconds: float, silence_seconds: float = 5.0) -> bytes: ...
     def wait_ended(self, timeout: float | None = None) -> bool: ...
+    def play_background(self, pcm: bytes) -> None:
+        """Queue audio and return at once (the ringback while the house rings)."""
+        ...
+    def stop_playback(self) -> None: ...
+    def dial(self, target: str, *, from_user: str, display: str,
+             credentials: tuple[str, str] | None = None) -> HouseLeg | None:
+        """Ring `target` on behalf of this caller; None when this call is over or no media port is free."""
+        ...
+    def bridge(self, leg: HouseLeg, max_seconds: float) -> str:
+        """Relay audio both ways until one side ends, then end the other: "caller", "household", "stopped" or
+        "timeout"."""
+        ...
 
 
 def caller_of(info: CallInfo, region: str) -> Caller:
@@ -173,6 +204,11 @@ class CallRecord:
     voicemail: Path | None = None
     answered_at: datetime | None = None
     extra_reason: str = ""
+    talk_s: float | None = None
+    name: Path | None = None  # the name the caller said for the household (ask_name)
+
+    def note(self, text: str) -> None:
+        self.extra_reason = f"{self.extra_reason}; {text}" if self.extra_reason else text
 
 
 class CallHandler:
@@ -192,12 +228,14 @@ class CallHandler:
             self.log.start()
         self.snapshot = RulesSnapshot()
         self._screening = threading.BoundedSemaphore(self.sc.max_screened_calls)
+        self._bridged = threading.BoundedSemaphore(cfg.ring_through.max_bridged_calls)
         self._active = 0
         self._idle = threading.Condition()
 
     def configure(self, cfg: Config, prompts: audio.Prompts) -> None:
         """Take new [screening] settings and prompts: the next call uses them (SIGHUP)."""
-        self.cfg, self.sc, self.prompts = cfg, cfg.screening, prompts
+        self.cfg, self.sc, self.rt, self.prompts = cfg, cfg.screening, cfg.ring_through, prompts
+        self.gatekeeper = cfg.sip.mode == "gatekeeper"
         self.tz = ZoneInfo(self.sc.timezone)
         self.voicemail_dir = cfg.data_path / "voicemail"
 
@@ -262,6 +300,8 @@ class CallHandler:
                 self._let_ring(call, rec)
             elif decision.action == "screen":
                 self._screen_if_room(call, caller, rec)
+            elif self.gatekeeper and not cannot:
+                self._put_through(call, caller, rec)
             else:
                 self._let_ring(call, rec)
         except Exception as e:
@@ -336,6 +376,10 @@ class CallHandler:
                                       duration_s=round((ended - started).total_seconds(), 3))
         if rec.voicemail is not None:
             values["voicemail_path"] = str(rec.voicemail.relative_to(self.cfg.data_path))
+        if rec.name is not None:
+            values["name_path"] = str(rec.name.relative_to(self.cfg.data_path))
+        if rec.talk_s is not None:
+            values["talk_s"] = round(rec.talk_s, 1)
         if rec.extra_reason:
             values["reason"] = f"{rec.reason}; {rec.extra_reason}" if rec.reason else rec.extra_reason
         self.log.close(row, values, (rule_id, started) if rule_id is not None else None)
@@ -386,6 +430,10 @@ class CallHandler:
 
     def _screen_if_room(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         if not self._screening.acquire(blocking=False):
+            if self.gatekeeper:  # nothing else rings the house: put it through unscreened
+                rec.note("too many calls screened at once: put through unscreened")
+                self._put_through(call, caller, rec)
+                return
             rec.extra_reason = "too many calls screened at once: left ringing"
             self._let_ring(call, rec)
             if rec.outcome != "interrupted":
@@ -431,28 +479,187 @@ class CallHandler:
 
     def _passed(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         rec.outcome = "passed"
-        if self.sc.remember_verified and caller.e164:
-            self.log.allow(caller.e164, f"verified {caller.name}".strip()[:200])
         call.play(self.prompts.passed)
+        if self.rt.target and not call.ended:
+            self._ring_through(call, caller, rec)
+        if rec.outcome == "passed":
+            self._voicemail(call, rec)
+        if self.sc.remember_verified and caller.e164 and rec.outcome != "blocked_by_household":
+            self.log.allow(caller.e164, f"verified {caller.name}".strip()[:200])
+        if not call.ended:
+            call.hangup()
+
+    def _voicemail(self, call: LineCall, rec: CallRecord) -> None:
         if self.sc.voicemail and not call.ended:
             call.play(self.prompts.voicemail)
             call.play(audio.beep())
             pcm = call.record(self.sc.voicemail_max_seconds, VOICEMAIL_SILENCE_S)
             if len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
                 rec.voicemail = self._save_voicemail(call.info.call_id, pcm)
-        if not call.ended:
-            call.hangup()
 
-    def _save_voicemail(self, call_id: str, pcm: bytes) -> Path | None:
+    # -- ring-through: a caller who passed reaches the house, which hears who it is and decides --
+
+    def _ring_through(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        """Leaves rec.outcome "passed" (with the reason in the row) when the caller should leave a message."""
+        if not self._bridged.acquire(blocking=False):
+            rec.note("too many calls put through at once: voicemail")
+            return
+        try:
+            name = self._caller_name(call, rec) if self.rt.ask_name else b""
+            if call.ended:
+                rec.outcome = self._hung_up_outcome(call)
+                return
+            call.play(self.prompts.hold)
+            call.play_background(audio.ringback(cycles=int(self.rt.timeout + ANNOUNCE_BUDGET_S) // 5 + 1))
+            leg, _ = self._ring_house(call, caller, rec, self.rt.timeout)
+            if leg is None:
+                call.stop_playback()
+                return
+            choice = self._ask_household(call, leg, caller, name) if self.rt.announce else "talk"
+            if choice == "talk" and not call.ended:
+                self._talk(call, leg, rec)
+                return
+            call.stop_playback()
+            if not leg.ended:
+                leg.play(self.prompts.announcer.done)
+                leg.hangup()
+            if call.ended:
+                rec.outcome = self._hung_up_outcome(call)
+                rec.note("the caller hung up while the household was deciding")
+            elif choice == "block":
+                self._blocked_by_household(call, caller, rec)
+            else:
+                rec.note("the household sent it to voicemail" if choice == "voicemail"
+                         else "the household answered but did not choose")
+        finally:
+            self._bridged.release()
+
+    def _caller_name(self, call: LineCall, rec: CallRecord) -> bytes:
+        """Ask the caller's name for the announcement, keep it with the call like a voicemail."""
+        call.play(self.prompts.announcer.ask_name)
+        call.play(audio.beep())
+        pcm = call.record(NAME_MAX_S, NAME_SILENCE_S)
+        if len(pcm) < NAME_MIN_S * audio.RATE * 2:
+            return b""
+        rec.name = self._save_voicemail(call.info.call_id, pcm, suffix="_name")
+        return pcm
+
+    def _ring_house(self, call: LineCall, caller: Caller, rec: CallRecord,
+                    timeout: float) -> tuple[HouseLeg | None, int]:
+        """Dial the household for this caller: the leg once it answered, else None with the reason noted and
+        the code to give the caller (the house's busy or decline, else 480)."""
+        rt = self.rt
+        label = caller.name or caller.user or "anonymous"
+        display = f"{label} ({rt.marker})" if rt.marker else label
+        credentials = (rt.username or self.cfg.sip.auth_user, rt.password or self.cfg.sip.password) \
+            if rt.username or rt.password else None
+        leg = call.dial(rt.target, from_user=_dialable(caller.user) or "anonymous", display=display[:60],
+                        credentials=credentials)
+        if leg is None:
+            if not call.ended:
+                rec.note("the house could not be rung: no free media port")
+            return None, 480
+        result = leg.wait_answered(timeout)
+        if result == "answered":
+            return leg, 200
+        leg.cancel()
+        if call.ended:
+            rec.outcome = self._hung_up_outcome(call) if rec.answered_at else self._ended_outcome(call)
+            rec.note("the caller hung up while the house rang")
+            return None, 480
+        code = leg.final_code or 0
+        rec.note(_HOUSE_RESULTS.get(result, _HOUSE_RESULTS["failed"]).format(timeout=timeout, code=code))
+        return None, code if result in ("busy", "declined") and 400 <= code < 700 else 480
+
+    def _ask_household(self, call: LineCall, leg: HouseLeg, caller: Caller, name: bytes) -> str:
+        """Tell the household who calls; its key: "talk", "voicemail", "block", or "" (none, or a side hung up)."""
+        rt, announcer = self.rt, self.prompts.announcer
+        choices = {rt.talk_key: "talk", rt.voicemail_key: "voicemail", rt.block_key: "block"}
+        text = announcer.announcement(name or announcer.number(_dialable(caller.user)))
+        for _ in range(2):
+            leg.play(text, until_digit=True)
+            for _ in range(int(ANNOUNCE_WAIT_S / KEY_POLL_S)):  # the caller may hang up meanwhile
+                if leg.ended or call.ended:
+                    break
+                key = leg.wait_digit(KEY_POLL_S)
+                if key in choices:
+                    return choices[key]
+            if leg.ended or call.ended:
+                return ""
+        return ""
+
+    def _talk(self, call: LineCall, leg: HouseLeg, rec: CallRecord) -> None:
+        call.stop_playback()
+        started = time.monotonic()
+        ended_by = call.bridge(leg, self.rt.max_talk_minutes * 60.0)
+        rec.talk_s = time.monotonic() - started
+        rec.outcome = "connected"
+        rec.note(_BRIDGE_ENDS.get(ended_by, ended_by))
+
+    def _blocked_by_household(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        rec.outcome = "blocked_by_household"
+        if caller.e164:
+            self.log.put_entry("block", caller.e164, f"blocked when it rang {caller.name}".strip()[:200],
+                               "household")
+        else:
+            rec.note("withheld number: nothing to put on the block list")
+        call.play(self.prompts.blocked)
+        call.hangup()
+
+    def _put_through(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        """Gatekeeper mode: ring the house for this caller, who is answered only once the house answers (an
+        unanswered call costs the caller nothing); no announcement."""
+        call.ring()
+        if not self._bridged.acquire(blocking=False):
+            rec.note("too many calls put through at once: voicemail")
+            if call.answer():
+                rec.answered_at = self.now()
+                self._voicemail(call, rec)
+                call.hangup()
+                rec.outcome = "passed"
+            else:
+                rec.outcome = self._ended_outcome(call)
+            return
+        try:
+            leg, code = self._ring_house(call, caller, rec, self.sc.max_ring_time)
+            if leg is None:
+                if not call.ended and call.decline(code):
+                    rec.outcome = "missed"
+                return
+            if not call.answer():  # the caller gave up as the house answered
+                leg.hangup()
+                rec.outcome = self._ended_outcome(call)
+                return
+            rec.answered_at = self.now()
+            self._talk(call, leg, rec)
+        finally:
+            self._bridged.release()
+
+    def _save_voicemail(self, call_id: str, pcm: bytes, suffix: str = "") -> Path | None:
         stamp = self.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         safe = re.sub(r"[^A-Za-z0-9]", "", call_id)[:16] or "call"
-        path = self.voicemail_dir / f"{stamp}_{safe}.wav"
+        path = self.voicemail_dir / f"{stamp}_{safe}{suffix}.wav"
         try:
             audio.write_wav(path, pcm)
         except OSError as e:
             log.error("screener: cannot save voicemail %s: %s", path, e)
             return None
         return path
+
+
+_HOUSE_RESULTS = {
+    "no_answer": "the house did not answer within {timeout:g} s",
+    "busy": "the house was busy ({code})",
+    "declined": "the house declined ({code})",
+    "failed": "the house could not be rung ({code})",
+}
+_BRIDGE_ENDS = {"caller": "the caller hung up", "household": "the household hung up",
+                "timeout": "ended after the longest talk time", "stopped": "ended by a stop"}
+
+
+def _dialable(user: str) -> str:
+    """The caller's number as the line presented it, as a SIP user part and as digits to read out."""
+    return "".join(c for c in user.replace("+", "00") if c in "0123456789*#")
 
 
 def _first_line(e: BaseException) -> str:
@@ -669,3 +876,7 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # what start-up built and freed goes back to the system (~3 MiB)
+    except (OSError, AttributeError):
+        pass  # not glibc

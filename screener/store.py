@@ -35,7 +35,8 @@ from screener.numbers import Caller
 from screener.rules import CLASSES, Rule, RuleSet, Window, candidate_patterns, window_from_mask
 from screener.text import clean
 
-OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challenge", "caller_hung_up",
+OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "connected", "blocked_by_household",
+            "failed_challenge", "caller_hung_up",
             "over_capacity", "interrupted", "error")
 
 
@@ -119,8 +120,9 @@ class Call(Base):
         Index("ix_calls_started", "started_at", "id"),
         Index("ix_calls_e164_started", "e164", "started_at"),
         Index("ix_calls_outcome_started", "outcome", "started_at"),
-        Index("ix_calls_voicemail", "started_at", "id", sqlite_where=text("voicemail_path IS NOT NULL"),
-              postgresql_where=text("voicemail_path IS NOT NULL")),
+        # partial on both databases (migration 0002); the PostgreSQL clause is left to the migration because
+        # naming it here loads SQLAlchemy's whole PostgreSQL dialect (2 MiB) into every process
+        Index("ix_calls_voicemail", "started_at", "id", sqlite_where=text("voicemail_path IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -146,9 +148,11 @@ class Call(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     voicemail_path: Mapped[str | None] = mapped_column(String(500))
     voicemail_heard: Mapped[bool] = mapped_column(Boolean, default=False)
+    talk_s: Mapped[float | None] = mapped_column(Float)  # a call put through: from the bridge to its end
+    name_path: Mapped[str | None] = mapped_column(String(500))  # the name a screened caller said, a WAV
 
     _fit_text = validates("call_id", "source", "from_raw", "pai_raw", "called_line", "name", "caller_raw", "country",
-                          "rule", "reason", "digits", "voicemail_path")(_fit)
+                          "rule", "reason", "digits", "voicemail_path", "name_path")(_fit)
 
 
 class User(Base):

@@ -129,6 +129,7 @@ def test_masked_hides_secrets(write_config) -> None:
     ('[sip]\npresets = ["it"]', "sip.presets is not a known setting: it belongs in [screening]"),
     ('[web]\ndata_dir = "d"', "web.data_dir is not a known setting: it belongs at the top, before any [section]"),
     ('[web]\nurl = "sqlite:///x.db"', "web.url is not a known setting: it belongs in [database]"),
+    ('[web]\npassword = "x"', "web.password is not a known setting: it belongs in [sip] or in [ring_through]"),
     ('[screenig]\nregion = "IT"', "[screenig] is not a known section: did you mean `[screening]`?"),
     ('[screening.promts]\nchallenge = "x.wav"',
      "[screening.promts] is not a known section: did you mean `[screening.prompts]`?"),

@@ -8,7 +8,8 @@ from flask_babel import lazy_gettext as _l
 LABELS = {
     "outcome": {
         "blocked": _l("blocked"), "answered_elsewhere": _l("answered elsewhere"), "missed": _l("missed"),
-        "passed": _l("passed the check"), "failed_challenge": _l("failed the check"),
+        "passed": _l("passed the check"), "connected": _l("put through"),
+        "blocked_by_household": _l("blocked by the household"), "failed_challenge": _l("failed the check"),
         "caller_hung_up": _l("caller hung up"), "over_capacity": _l("over capacity"),
         "interrupted": _l("interrupted"), "error": _l("handler error"), None: _l("in progress"),
     },
