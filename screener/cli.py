@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import getpass
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="user_command", required=True)
     ua = user.add_parser("add", help="add a user or set a user's password")
     ua.add_argument("name")
-    ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    pw = ua.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    pw.add_argument("--password-file", metavar="FILE", help="read the password from the first line of FILE")
 
     sub.add_parser("status", help="the SIP registration state")
     sub.add_parser("run", help="run the SIP service and the dashboard")
@@ -103,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     web.add_argument("--nice", type=int, default=0, metavar="N",
                      help="lower its CPU priority by N (screener run starts it with 10: the line comes first)")
     web.add_argument("--parent", type=int, default=0, metavar="PID", help=argparse.SUPPRESS)
+    web.add_argument("--report-fd", type=int, default=0, metavar="FD", help=argparse.SUPPRESS)
     return p
 
 
@@ -254,6 +259,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             keys = csvio.EXPORT_COLUMNS
             print(json.dumps([dict(zip(keys, csvio.entry_row(e), strict=True)) for e in entries], ensure_ascii=False))
+        elif not entries:
+            print("the lists are empty: add a number with `screener list add block NUMBER`, or a preset with "
+                  "`screener list preset it`")
         else:
             for entry in entries:
                 w = entry.window
@@ -311,6 +319,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
+    if not rows:
+        print("no calls logged yet")
     for r in rows:
         who = r["e164"] or ("withheld" if r["withheld"] else r["caller_raw"] or "?")
         dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
@@ -368,10 +378,15 @@ def cmd_user(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"{args.password_file}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}"
+                           ) from None
     else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if password != getpass.getpass("again: "):
-            raise CliError("the passwords differ", 1)
+        password = _ask_password(args.name)
     try:
         with _store(cfg).write() as s:
             users.save_user(s, args.name, password)
@@ -401,12 +416,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _dashboard_notice(cfg: Config) -> None:
-    """What `run` and `web` print at start: the dashboard's address, a missing SIP account, the setup code."""
+    """What `run` and `web` print at start besides the dashboard's address (printed once it is bound): a
+    missing SIP account, the setup code."""
     from screener import users
 
     host = cfg.web.host if cfg.web.host not in ("0.0.0.0", "::", "") else "THIS-MACHINE"
     url = f"http://{'[' + host + ']' if ':' in host else host}:{cfg.web.port}/"
-    print(f"dashboard: {url}", flush=True)
     if cfg.sip.missing:
         print(f"SIP: not configured yet (sip.{cfg.sip.missing} is empty): the service waits; set up the line on "
               f"{url}setup", flush=True)
@@ -417,6 +432,25 @@ def _dashboard_notice(cfg: Config) -> None:
         print(f"no dashboard user yet: open {url} and enter the setup code {users.show_code(code)}", flush=True)
     else:
         users.clear_code(cfg.data_path)
+
+
+NO_TERMINAL = ("no terminal to ask for the password: give it with --password-file FILE, or on standard input "
+               "with --password-stdin")
+
+
+def _ask_password(name: str) -> str:
+    """The password typed twice at the terminal; a CliError saying how else to give it when there is none."""
+    if not sys.stdin.isatty():
+        # getpass would fall back to reading standard input with a warning, or fail at its end
+        raise CliError(NO_TERMINAL)
+    try:
+        password = getpass.getpass(f"password for {name}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise CliError(NO_TERMINAL) from None
+    if password != again:
+        raise CliError("the passwords differ", 1)
+    return password
 
 
 def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
@@ -486,9 +520,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the composition root: the service never imports the dashboard; the CLI starts both
     dashboard = WebProcess(cfg)
     try:
-        return run_service(cfg, on_started=lambda _service: dashboard.start())
+        status = run_service(cfg, on_started=lambda service: dashboard.start(on_fatal=service.request_stop))
     finally:
         dashboard.stop()
+    if dashboard.error:
+        raise CliError(dashboard.error)  # `run` does not go on without its dashboard
+    return status
 
 
 def _prepare_run(cfg: Config) -> int:
@@ -555,6 +592,10 @@ class WebProcess:
     In the service's process its requests held the interpreter lock the SIP side needs: a 100,000-row import
     parsing (30 s of Python) or a page being rendered added ~110 ms to a blocked caller's 603 (p99). Its own
     process also keeps Flask, Jinja and the dashboard's memory out of the service.
+
+    A child that cannot serve (its port in use, its config broken) exits 2 and writes its one-line error to a
+    pipe: on the first start that stops `screener run` with that line (`error`); later, while the line is
+    being screened, it is logged and the child started again.
     """
 
     RESTART_DELAY_S = 5.0
@@ -563,30 +604,48 @@ class WebProcess:
         # on 2 cores a dashboard import at full speed delayed the 603s by the scheduler alone: it yields
         self.argv = [sys.executable, "-m", "screener", "--config", str(cfg.path), "web", "--nice", str(WEB_NICE),
                      "--parent", str(os.getpid())]
+        self.error = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._on_fatal: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, on_fatal: Callable[[], None] | None = None) -> None:
+        self._on_fatal = on_fatal
         self._thread = threading.Thread(target=self._supervise, name="web-supervisor", daemon=True)
         self._thread.start()
 
     def _supervise(self) -> None:
+        log = logging.getLogger("screener")
+        first = True
         while not self._stopping.is_set():
             with self._lock:  # stop() either sees this process or keeps it from starting
                 if self._stopping.is_set():
                     return
+                report_r, report_w = os.pipe()
                 try:
-                    self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+                    self._proc = subprocess.Popen([*self.argv, "--report-fd", str(report_w)], pass_fds=(report_w,),
+                                                  stdin=subprocess.DEVNULL)
                 except OSError as e:
-                    logging.getLogger("screener").error("screener: cannot start the dashboard: %s", e)
+                    os.close(report_r)
+                    log.error("screener: cannot start the dashboard: %s", e)
                     return
+                finally:
+                    os.close(report_w)
             code = self._proc.wait()
+            report = _read_report(report_r)
             if self._stopping.wait(0):
                 return
-            logging.getLogger("screener").error("screener: the dashboard exited with %s: restarting in %.0f s",
-                                                code, self.RESTART_DELAY_S)
+            if first and code == EXIT_USAGE:
+                self.error = report or "the dashboard could not start"
+                log.info("screener: the dashboard could not start: stopping")
+                if self._on_fatal is not None:
+                    self._on_fatal()
+                return
+            first = False
+            log.error("screener: the dashboard exited with %s%s: restarting in %.0f s", code,
+                      f" ({report})" if report else "", self.RESTART_DELAY_S)
             self._stopping.wait(self.RESTART_DELAY_S)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -604,7 +663,50 @@ class WebProcess:
             self._thread.join(1.0)
 
 
+def _read_report(fd: int) -> str:
+    """What a dashboard child wrote to its report pipe (its one-line error), closing the pipe."""
+    try:
+        os.set_blocking(fd, False)  # the child has exited; nothing else holds the pipe's other end
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+EXIT_USAGE = 2
+
+
+def bind_error(cfg: Config, e: OSError) -> CliError:
+    """Why the dashboard cannot listen on [web] host:port, naming the key to change."""
+    where, host, port = cfg.path, cfg.web.host, cfg.web.port
+    if e.errno == errno.EADDRINUSE:
+        return CliError(f"{where}: web.port {port} is in use on {host} (another screener, or another program): "
+                        "stop it, or choose another [web] port")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return CliError(f"{where}: web.host {host} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 "
+                        "for every address")
+    if e.errno == errno.EACCES:
+        return CliError(f"{where}: web.port {port} is below 1024, which only root may use: choose another, "
+                        "e.g. 8080")
+    if isinstance(e, socket.gaierror):
+        return CliError(f"{where}: web.host {host} is not a known host name or address: use 127.0.0.1, or "
+                        "0.0.0.0 for every address")
+    return CliError(f"{where}: cannot listen on {host}:{port} ([web] host, port): {e.strerror or e}")
+
+
 def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        return _web(args)
+    except (ConfigError, CliError) as e:
+        if not args.report_fd:
+            raise
+        # under `screener run`: the parent prints the line and stops
+        os.write(args.report_fd, str(e).encode("utf-8", "replace"))
+        return EXIT_USAGE
+
+
+def _web(args: argparse.Namespace) -> int:
     import web
 
     cfg = _load(args)
@@ -615,7 +717,15 @@ def cmd_web(args: argparse.Namespace) -> int:
         _dashboard_notice(cfg)
     if args.nice:
         os.nice(args.nice)
-    web.serve(cfg)
+    try:
+        server = web.make_server(cfg, threads=web.SERVE_THREADS)
+    except OSError as e:
+        raise bind_error(cfg, e) from None
+    if args.report_fd:
+        os.close(args.report_fd)  # it serves: what happens later is not a start-up failure
+        args.report_fd = 0
+    print(f"dashboard: {web.url(cfg.web.host, cfg.web.port)}", flush=True)
+    web.run_server(server)
     return 0
 
 

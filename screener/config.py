@@ -6,10 +6,12 @@ always becomes one ConfigError naming the file and the dotted key.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -190,6 +192,7 @@ class WebConfig:
     port: int = _opt(8080, _port)
     secret: str = _opt("", secret=True)
     secret_file: str = _opt("")
+    trusted_proxies: tuple[str, ...] = _opt_list([], _networks)
 
 
 @dataclass(frozen=True)
@@ -237,12 +240,42 @@ def _type_ok(tp: Any, v: Any) -> bool:
     return isinstance(v, tp) and not (tp is int and isinstance(v, bool))
 
 
+def _sections(cls: type | None = None, prefix: str = "") -> dict[str, dict[str, bool]]:
+    """Every section of the tree ("" = top level) with its keys, each marked True when it is itself a section."""
+    cls = cls or Config
+    hints = get_type_hints(cls)
+    keys = {f.name: is_dataclass(hints[f.name]) for f in fields(cls) if not f.metadata.get("internal")}
+    out = {prefix.rstrip("."): keys}
+    for name, sub in keys.items():
+        if sub:
+            out.update(_sections(hints[name], prefix + name + "."))
+    return out
+
+
+def _unknown(prefix: str, key: str, value: Any, fname: str) -> ConfigError:
+    """The error for a key the tree does not have, with the likeliest fix: a near spelling, or its section."""
+    here = prefix.rstrip(".")
+    sections = _sections()
+    if isinstance(value, dict):
+        near = difflib.get_close_matches(prefix + key, [s for s in sections if s], n=1)
+        hint = f": did you mean `[{near[0]}]`?" if near else ""
+        return ConfigError(f"{fname}: [{prefix}{key}] is not a known section{hint}")
+    near = difflib.get_close_matches(key, [k for k, sub in sections[here].items() if not sub], n=1)
+    if near:
+        hint = f": did you mean `{near[0]}`?"
+    else:
+        homes = [s for s, keys in sections.items() if s != here and keys.get(key) is False]
+        where = " or ".join("at the top, before any [section]" if h == "" else f"in [{h}]" for h in homes)
+        hint = f": it belongs {where}" if homes else ""
+    return ConfigError(f"{fname}: {prefix}{key} is not a known setting{hint}")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, fname: str) -> Any:
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
-    for key in data:
+    for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{fname}: {prefix}{key} is not a known setting")
+            raise _unknown(prefix, key, value, fname)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         f, tp, where = known[name], hints[name], prefix + name
@@ -277,33 +310,102 @@ def _cross_checks(cfg: Config, fname: str) -> None:
         raise ConfigError(f'{fname}: sip.mode = "gatekeeper" needs ring_through.target (the phones to ring)')
 
 
+# the Python package that provides each database driver SQLAlchemy may ask for
+_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000"}
+_BACKENDS = ("sqlite", "postgresql")  # what the store is written and tested for
+_URL_EXAMPLE = '"sqlite:///screener.db" or "postgresql+psycopg://user:password@host/screener"'
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _check_database(url: str, fname: str) -> None:
+    """A URL SQLAlchemy can open with a driver that is installed, for a database the store supports."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    where = f"{fname}: database.url"
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{where} must be a database URL such as {_URL_EXAMPLE}, got {_show(_hide_password(url))}"
+                          ) from None
+    backend, _plus, driver = u.drivername.partition("+")
+    if backend not in _BACKENDS:
+        near = difflib.get_close_matches(backend, _BACKENDS, n=1)
+        hint = f": did you mean `{near[0]}`?" if near else f", such as {_URL_EXAMPLE}"
+        raise ConfigError(f"{where} must name sqlite or postgresql, got {_show(backend)}{hint}")
+    try:
+        dialect = u.get_dialect()
+    except NoSuchModuleError:
+        near = difflib.get_close_matches(driver or "", _DRIVER_PACKAGES, n=1)
+        hint = f": did you mean `{backend}+{near[0]}`?" if near else ""
+        raise ConfigError(f"{where} names an unknown {backend} driver {_show(driver)}{hint}") from None
+    try:
+        dialect.import_dbapi()
+    except ModuleNotFoundError as e:
+        package = _DRIVER_PACKAGES.get(e.name or "", e.name or "")
+        pip = f"{Path(sys.executable).parent / 'pip'} install '{package}'"
+        raise ConfigError(f"{where} needs the Python package {package}, which is not installed: {pip}") from None
+    except ImportError as e:
+        raise ConfigError(f"{where}: the {backend} driver cannot be loaded: {e}") from None
+
+
+def _read_text(p: Path, fname: str) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark (Windows editors write one)."""
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{fname}: no such file (run `screener init` to create it)") from None
+    except IsADirectoryError:
+        inside = p / "config.toml"
+        hint = f"did you mean `{inside}`?" if inside.is_file() else f"give the file, e.g. --config {inside}"
+        raise ConfigError(f"{fname}: is a folder, not a config file: {hint}") from None
+    except OSError as e:
+        raise ConfigError(f"{fname}: cannot be read: {e.strerror}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{fname}: the file is UTF-16, not UTF-8: save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{fname}:{line}: the file is not UTF-8 (byte 0x{data[e.start]:02x}, perhaps Latin-1): "
+                          "save it as UTF-8") from None
+
+
+def _read_secret(cfg: Config, key: str, value: str, fname: str) -> str:
+    path = cfg.resolve(value)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8"
+        raise ConfigError(f"{fname}: {key} cannot be read: {why} ({path})") from None
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and check a config file; raise ConfigError naming the file and key."""
     p = Path(path)
     fname = str(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{fname}: no such file (run `screener init` to create it)") from None
+        raw = tomllib.loads(_read_text(p, fname))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{fname}: not valid TOML: {e}") from None
+        hint = " (text needs quotes: key = \"text\")" if str(e).startswith("Invalid value") else ""
+        raise ConfigError(f"{fname}: not valid TOML: {e}{hint}") from None
     cfg: Config = _build(Config, raw, "", fname)
     _cross_checks(cfg, fname)
+    _check_database(cfg.database.url, fname)
     cfg = replace(cfg, path=str(p.resolve()))
     if cfg.sip.password_file:
-        cfg = replace(cfg, sip=replace(cfg.sip, password=_read_secret(cfg, "sip", cfg.sip.password_file, fname)))
+        pw = _read_secret(cfg, "sip.password_file", cfg.sip.password_file, fname)
+        cfg = replace(cfg, sip=replace(cfg.sip, password=pw))
     if cfg.ring_through.password_file:
-        pw = _read_secret(cfg, "ring_through", cfg.ring_through.password_file, fname)
+        pw = _read_secret(cfg, "ring_through.password_file", cfg.ring_through.password_file, fname)
         cfg = replace(cfg, ring_through=replace(cfg.ring_through, password=pw))
+    if cfg.web.secret_file and not cfg.web.secret:
+        secret = _read_secret(cfg, "web.secret_file", cfg.web.secret_file, fname)
+        cfg = replace(cfg, web=replace(cfg.web, secret=secret))
     return cfg
-
-
-def _read_secret(cfg: Config, section: str, name: str, fname: str) -> str:
-    path = cfg.resolve(name)
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"{fname}: {section}.password_file cannot be read: {e.strerror} ({path})") from None
 
 
 def default_path() -> Path:

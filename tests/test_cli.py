@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select, text
@@ -536,3 +537,197 @@ def test_process_bad_config_and_bad_usage(write_config, tmp_path: Path) -> None:
     assert proc.stderr == f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n'
     proc = _screener("--config", str(path), "list", "frobnicate", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'frobnicate'" in proc.stderr
+
+
+# --- one-line errors and what an empty result says -------------------------------------------------------
+
+def test_calls_and_list_show_say_when_there_is_nothing(run) -> None:
+    assert run("calls") == (0, "no calls logged yet\n", "")
+    assert run("list", "show") == (0, "the lists are empty: add a number with `screener list add block NUMBER`, "
+                                      "or a preset with `screener list preset it`\n", "")
+    assert run("list", "show", "--json") == (0, "[]\n", "")
+
+
+def test_config_pointing_at_a_folder(run, conf: Path) -> None:
+    folder = conf.parent
+    assert run("list", "show", config_path=folder) == (
+        2, "", f"screener: {folder}: is a folder, not a config file: did you mean `{conf}`?\n")
+
+
+def test_config_in_latin1_names_the_line(run, conf: Path) -> None:
+    line = len(conf.read_bytes().splitlines()) + 2
+    conf.write_bytes(conf.read_bytes() + '[sip]\nusername = "citt\xe0"\n'.encode("latin-1"))
+    status, out, err = run("calls")
+    assert (status, out) == (2, "")
+    assert err == f"screener: {conf}:{line}: the file is not UTF-8 (byte 0xe0, perhaps Latin-1): save it as UTF-8\n"
+
+
+NO_TERMINAL = ("screener: no terminal to ask for the password: give it with --password-file FILE, or on standard "
+               "input with --password-stdin\n")
+
+
+@pytest.mark.parametrize(("argv", "stdin", "result"), [
+    ([], "", (2, "", NO_TERMINAL)),
+    ([], "correct horse\n", (2, "", NO_TERMINAL)),  # piped without --password-stdin: not read as the password
+    (["--password-file", "{dir}/pw"], "", (0, "user admin saved\n", "")),
+    (["--password-file", "{dir}/nope"], "", (2, "", "screener: {dir}/nope: No such file or directory\n")),
+    (["--password-file", "{dir}"], "", (2, "", "screener: {dir}: Is a directory\n")),
+])
+def test_user_add_says_how_to_give_the_password(run, db: store.Store, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path, argv: list[str], stdin: str,
+                                                result: tuple[int, str, str]) -> None:
+    (tmp_path / "pw").write_text("correct horse\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    status, out, err = result
+    argv = [a.format(dir=tmp_path) for a in argv]
+    assert run("user", "add", "admin", *argv) == (status, out, err.format(dir=tmp_path))
+    saved = _user_hash(db, "admin")
+    assert (saved is not None) == (status == 0)
+    assert saved is None or check_password_hash(saved, "correct horse")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_user_add_at_a_terminal_that_ends(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def eof(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", eof)
+    assert run("user", "add", "admin") == (2, "", NO_TERMINAL)
+    assert _user_hash(db, "admin") is None
+
+
+def test_user_add_at_a_terminal(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    typed = iter(["correct horse", "correct horse", "correct horse", "horse correct"])
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(typed))
+    assert run("user", "add", "admin") == (0, "user admin saved\n", "")
+    assert run("user", "add", "admin") == (1, "", "screener: the passwords differ\n")
+
+
+@pytest.mark.parametrize(("web", "error", "message"), [
+    ("port = 8080", OSError(98, "Address already in use"),
+     "web.port 8080 is in use on 127.0.0.1 (another screener, or another program): stop it, or choose another "
+     "[web] port"),
+    ('host = "192.0.2.7"', OSError(99, "Cannot assign requested address"),
+     "web.host 192.0.2.7 is not an address of this machine: use 127.0.0.1, or 0.0.0.0 for every address"),
+    ("port = 80", PermissionError(13, "Permission denied"),
+     "web.port 80 is below 1024, which only root may use: choose another, e.g. 8080"),
+    ('host = "screener.invalid"', __import__("socket").gaierror(-2, "Name or service not known"),
+     "web.host screener.invalid is not a known host name or address: use 127.0.0.1, or 0.0.0.0 for every address"),
+    ("port = 8080", OSError(24, "Too many open files"),
+     "cannot listen on 127.0.0.1:8080 ([web] host, port): Too many open files"),
+])
+def test_bind_errors_name_the_key(write_config, web: str, error: OSError, message: str) -> None:
+    from screener import config
+
+    cfg = config.load(write_config(f"[web]\n{web}\n"))
+    err = cli.bind_error(cfg, error)
+    assert (str(err), err.status) == (f"{cfg.path}: {message}", 2)
+
+
+def _held_port() -> tuple[Any, int]:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service_conf(write_config: Callable[[str], Path]) -> Callable[[int], Path]:
+    """A config `screener run` starts with: a registrar on loopback that never answers, the dashboard on `port`."""
+
+    def make(port: int) -> Path:
+        return write_config(f'[sip]\nserver = "127.0.0.1"\nport = {_free_udp_port()}\nusername = "screener"\n'
+                            f'password = "secret-pass"\nsip_port = {_free_udp_port()}\nrtp_port_low = 61000\n'
+                            f'rtp_port_high = 61009\n[web]\nport = {port}\n')
+
+    return make
+
+
+@pytest.mark.parametrize("command", ["web", "run"])
+def test_process_dashboard_port_in_use_exits_2(service_conf: Callable[[int], Path], tmp_path: Path,
+                                               command: str) -> None:
+    held, port = _held_port()
+    with held:
+        path = service_conf(port)
+        proc = _screener("--config", str(path), command, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    # `run` stops: it does not go on without its dashboard
+    assert proc.stderr.splitlines()[-1] == (
+        f"screener: {path}: web.port {port} is in use on 127.0.0.1 (another screener, or another program): "
+        "stop it, or choose another [web] port")
+    assert proc.stderr.count("is in use") == 1
+
+
+@pytest.mark.parametrize("command", ["web", "run"])
+def test_process_prints_the_dashboard_url(service_conf: Callable[[int], Path], tmp_path: Path,
+                                          command: str) -> None:
+    held, port = _held_port()
+    held.close()
+    proc = subprocess.Popen([sys.executable, "-m", "screener.cli", "--config", str(service_conf(port)), command],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    with proc.stdout:
+        try:
+            assert proc.stdout.readline() == f"dashboard: http://127.0.0.1:{port}/\n"
+        finally:
+            proc.terminate()
+            # `run` stops cleanly on SIGTERM; `web` alone simply ends
+            assert proc.wait(30) == (0 if command == "run" else -15)
+
+
+CHILD = "import os, sys; fd = int(sys.argv[sys.argv.index('--report-fd') + 1]); "
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    (CHILD + "os.write(fd, b'config.toml: web.port 8080 is in use'); sys.exit(2)", "config.toml: web.port 8080 is in use"),
+    (CHILD + "sys.exit(2)", "the dashboard could not start"),
+])
+def test_web_process_stops_run_when_the_dashboard_cannot_start(cfg: Any, script: str, error: str) -> None:
+    import threading
+
+    fatal = threading.Event()
+    dashboard = cli.WebProcess(cfg)
+    dashboard.argv = [sys.executable, "-c", script]
+    dashboard.start(on_fatal=fatal.set)
+    assert fatal.wait(30)
+    dashboard.stop()
+    assert dashboard.error == error
+
+
+def test_web_process_restarts_a_dashboard_that_served(cfg: Any, tmp_path: Path) -> None:
+    """A child that exits later (1: crashed; then 2: its port taken meanwhile) is started again: calls go on."""
+    import threading
+
+    starts = tmp_path / "starts"
+    script = (CHILD + f"f = open({str(starts)!r}, 'a'); f.write('x'); f.close(); "
+              f"n = len(open({str(starts)!r}).read()); os.write(fd, b'busy') if n > 1 else None; "
+              "sys.exit(1 if n == 1 else 2)")
+    fatal = threading.Event()
+    dashboard = cli.WebProcess(cfg)
+    dashboard.RESTART_DELAY_S = 0.0
+    dashboard.argv = [sys.executable, "-c", script]
+    dashboard.start(on_fatal=fatal.set)
+    try:
+        for _ in range(600):
+            if starts.exists() and len(starts.read_text()) >= 3:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        dashboard.stop()
+    assert len(starts.read_text()) >= 3 and not fatal.is_set() and dashboard.error == ""
