@@ -530,7 +530,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _prepare_run(cfg: Config) -> int:
     _store(cfg).dispose()
-    _dashboard_notice(cfg)  # without a SIP account the service waits as "not configured"
     return 0
 
 
@@ -713,8 +712,6 @@ def _web(args: argparse.Namespace) -> int:
     _store(cfg).dispose()
     if args.parent and not _end_with_parent(args.parent):
         return 0
-    if not args.parent:
-        _dashboard_notice(cfg)
     if args.nice:
         os.nice(args.nice)
     try:
@@ -725,6 +722,7 @@ def _web(args: argparse.Namespace) -> int:
         os.close(args.report_fd)  # it serves: what happens later is not a start-up failure
         args.report_fd = 0
     print(f"dashboard: {web.url(cfg.web.host, cfg.web.port)}", flush=True)
+    _dashboard_notice(cfg)  # the setup code; without a SIP account the service waits as "not configured"
     web.run_server(server)
     return 0
 
