@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     sub.add_parser("status", help="the SIP registration state")
+    sub.add_parser("notify-test", help="send a test notification to every [notify] URL now")
+    bk = sub.add_parser("backup", help="a consistent copy of the database, also while screener runs")
+    bk.add_argument("file")
+    rs = sub.add_parser("restore", help="put a backup in place of the database (screener must be stopped)")
+    rs.add_argument("file")
     sub.add_parser("run", help="run the SIP service and the dashboard")
     web = sub.add_parser("web", help="run the dashboard alone")
     web.add_argument("--nice", type=int, default=0, metavar="N",
@@ -434,6 +439,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     return h.exit_code
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from screener import notify
+
+    cfg = _load(args)
+    if not cfg.notify.urls:
+        raise CliError(f"{cfg.path}: notify.urls is empty: add a notification URL (see config.example.toml)", 1)
+    results = notify.send_test(cfg)
+    for r in results:
+        print(f"{r.url}: {'sent' if not r.error else 'failed: ' + r.error}")
+    return 0 if all(not r.error for r in results) else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from screener import housekeeping
+
+    cfg = _load(args)
+    try:
+        if housekeeping.sqlite_file(cfg) is None:
+            print("PostgreSQL: back it up with pg_dump (screener does not run it for you):")
+            print("  " + housekeeping.pg_commands(cfg, args.file)[0])
+            return 1
+        with _lower_priority(IMPORT_NICE):  # the service's calls come first
+            res = housekeeping.backup(cfg, Path(args.file))
+    except housekeeping.HousekeepingError as e:
+        raise CliError(str(e), 1) from None
+    print(f"backup written: {res.path} ({res.size / 1e6:.1f} MB, {res.calls} calls) in {res.seconds:.1f} s; "
+          f"voicemails are files in {cfg.data_path / 'voicemail'}: copy that folder too")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from screener import housekeeping
+
+    cfg = _load(args)
+    try:
+        if housekeeping.sqlite_file(cfg) is None:
+            print("PostgreSQL: restore a pg_dump file with pg_restore (screener stopped):")
+            print("  " + housekeeping.pg_commands(cfg, args.file)[1])
+            return 1
+        kept = housekeeping.restore(cfg, Path(args.file))
+    except housekeeping.HousekeepingError as e:
+        raise CliError(str(e), 1) from None
+    _store(cfg).dispose()  # an older backup is brought to the current schema
+    print(f"restored {args.file}" + (f"; the previous database is kept in {kept}" if kept else ""))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from screener.service import run_service
 
@@ -553,7 +605,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_list, "calls": cmd_calls,
-            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
+            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web,
+            "notify-test": cmd_notify_test, "backup": cmd_backup, "restore": cmd_restore}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
