@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from screener import health, store
 from screener.config import Config
@@ -131,6 +131,7 @@ def run_retention(db: store.Store, cfg: Config, stop: threading.Event | None = N
             log.info("screener: retention: %d old call(s) and %d old voicemail(s) deleted, %d file(s) removed",
                      res.calls, res.voicemails, res.files)
     try:
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
         (cfg.data_path / STATE_FILE).write_text(json.dumps({"retention": asdict(res)}), encoding="utf-8")
     except OSError as e:
         log.warning("screener: cannot record the retention run: %s", e)
@@ -175,8 +176,9 @@ def sqlite_file(cfg: Config) -> Path | None:
 
 def pg_commands(cfg: Config, file: str) -> tuple[str, str]:
     """The pg_dump and pg_restore lines for a PostgreSQL database (password left out: PGPASSWORD or ~/.pgpass)."""
-    url = make_url(cfg.database_url).set(drivername="postgresql", password=None)
-    shown = url.render_as_string(hide_password=False)
+    u = make_url(cfg.database_url)
+    shown = URL.create("postgresql", u.username, None, u.host, u.port, u.database, u.query).render_as_string(
+        hide_password=False)
     return (f"pg_dump --format=custom --no-owner --file={_sh(file)} {_sh(shown)}",
             f"pg_restore --clean --if-exists --no-owner --dbname={_sh(shown)} {_sh(file)}")
 
