@@ -28,6 +28,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
         calls,
         evidence,
         format,
+        housekeeping,
         i18n,
         labels,
         lists,
@@ -52,7 +53,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
     format.init_app(app)
     labels.init_app(app)
     auth.init_app(app)
-    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings):
+    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings, housekeeping):
         module.init_app(app)
     _errors(app)
     return app
