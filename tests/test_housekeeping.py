@@ -272,3 +272,30 @@ def test_notify_test_command(write_config, capsys):
         ep.close()
     status, out, err = run(write_config(""), capsys, "notify-test")
     assert status == 1 and "notify.urls is empty" in err
+
+
+def test_the_service_applies_retention_at_its_first_loop(write_config):
+    from test_service import FakeAgent
+
+    from screener.service import Service
+
+    cfg = config.load(write_config("[retention]\ncalls_days = 30\n"))
+    db = store.Store(cfg.database_url)
+    store.upgrade(db)
+    with db.write() as s:
+        s.add(store.Call(call_id="old", started_at=store.utcnow() - timedelta(days=31), decision="block",
+                         outcome="blocked"))
+        s.add(store.Call(call_id="new", started_at=store.utcnow(), decision="block", outcome="blocked"))
+    svc = Service(cfg, db=db, agent_factory=FakeAgent)
+    svc.start()
+    try:
+        svc._housekeeping()
+        first = svc._retention
+        assert first is not None
+        first.join(10)
+        svc._housekeeping()
+        assert svc._retention is first  # not again before a day has passed
+        with db.read() as s:
+            assert [c.call_id for c in s.scalars(select(store.Call))] == ["new"]
+    finally:
+        svc.stop()
