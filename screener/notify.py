@@ -303,6 +303,10 @@ class Notifier:
         self._thread = None
 
     def _run(self) -> None:
+        try:
+            import apprise  # noqa: F401  (loading its plugins takes a second: before the first message, not with it)
+        except ImportError as e:
+            log.error("screener: notifications cannot be sent: %s", e)
         while True:
             now = self._clock()
             wait = TICK_S if not self._retries else max(0.0, min(TICK_S, self._retries[0][0] - now))
