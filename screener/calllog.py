@@ -41,6 +41,7 @@ class Row:
 
     match: dict[str, Any]  # call_id and started_at: what finds the row again after a restart
     id: int | None = None
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # as opened (for the notifications)
 
 
 @dataclass
@@ -98,7 +99,7 @@ class CallLog:
 
     def open(self, values: dict[str, Any]) -> Row:
         """Journal a new row (values of store.Call); returns its handle for close()."""
-        row = Row({"m_call_id": values.get("call_id", ""), "m_started_at": values["started_at"]})
+        row = Row({"m_call_id": values.get("call_id", ""), "m_started_at": values["started_at"]}, values=values)
         self._put(_Op(0, "open", row, values))
         return row
 

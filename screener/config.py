@@ -33,8 +33,8 @@ def _opt(default: Any, check: Check | None = None, **kw: Any) -> Any:
     return field(default=default, metadata={"check": check, **kw})
 
 
-def _opt_list(default: list[str], check: Check | None = None) -> Any:
-    return field(default_factory=lambda: tuple(default), metadata={"check": check})
+def _opt_list(default: list[str], check: Check | None = None, **kw: Any) -> Any:
+    return field(default_factory=lambda: tuple(default), metadata={"check": check, **kw})
 
 
 def _range(lo: int, hi: int, what: str = "an integer") -> Check:
@@ -195,6 +195,30 @@ class WebConfig:
     trusted_proxies: tuple[str, ...] = _opt_list([], _networks)
 
 
+NOTIFY_EVENTS = ("voicemail", "ring_through", "registration", "restart", "summary")
+_events = (lambda v: all(e in NOTIFY_EVENTS for e in v), "a list of events among " + ", ".join(NOTIFY_EVENTS))
+_notify_urls = (lambda v: all(re.fullmatch(r"[a-z][a-z0-9+]*://\S+", u) for u in v),
+                'a list of notification URLs such as "ntfys://ntfy.sh/my-topic"')
+_hhmm = (lambda v: bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v)), 'a time "HH:MM"')
+_http_url = (lambda v: v == "" or bool(re.fullmatch(r"https?://[^\s/]+(/\S*)?", v)),
+             'empty, or the address of the dashboard such as "http://192.168.1.10:8080"')
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    urls: tuple[str, ...] = _opt_list([], _notify_urls, secret=True)  # apprise URLs carry tokens
+    events: tuple[str, ...] = _opt_list(list(NOTIFY_EVENTS), _events)
+    registration_minutes: int = _opt(5, _range(1, 1440))
+    summary_at: str = _opt("20:00", _hhmm)
+    dashboard_url: str = _opt("", _http_url)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    calls_days: int = _opt(0, _range(0, 36500))
+    voicemail_days: int = _opt(0, _range(0, 36500))
+
+
 @dataclass(frozen=True)
 class Config:
     sip: SipConfig = field(default_factory=SipConfig)
@@ -202,6 +226,8 @@ class Config:
     ring_through: RingThroughConfig = field(default_factory=RingThroughConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     data_dir: str = _opt("data", help="voicemail, converted prompts and generated secrets live here")
     path: str = field(default="", compare=False, metadata={"internal": True})
 

@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, func, select, text
 
-from screener import audio, health, store
+from screener import audio, health, housekeeping, store
 from screener.calllog import CallLog, Row
 from screener.config import Config
+from screener.notify import Notifier
 from screener.numbers import Caller, parse_caller
 from screener.rules import Decision, Rule, RuleSet, candidate_patterns, decide
 
@@ -207,6 +208,7 @@ class CallRecord:
     answered_at: datetime | None = None
     extra_reason: str = ""
     talk_s: float | None = None
+    house_missed: str = ""  # why the house did not answer a ring-through (for the notification)
     name: Path | None = None  # the name the caller said for the household (ask_name)
 
     def note(self, text: str) -> None:
@@ -219,6 +221,8 @@ class CallHandler:
     The decision only reads the database; the row goes through the CallLog's journal, so nothing here waits
     for a write. Whatever fails, the call gets a final response and its row an outcome.
     """
+
+    on_closed: Callable[[dict[str, Any]], None] | None = None  # a closed row's values (notifications; never waits)
 
     def __init__(self, cfg: Config, db: store.Store, prompts: audio.Prompts, *,
                  now: Callable[[], datetime] = store.utcnow, calllog: CallLog | None = None) -> None:
@@ -385,6 +389,8 @@ class CallHandler:
         if rec.extra_reason:
             values["reason"] = f"{rec.reason}; {rec.extra_reason}" if rec.reason else rec.extra_reason
         self.log.close(row, values, (rule_id, started) if rule_id is not None else None)
+        if self.on_closed is not None:
+            self.on_closed({**row.values, **values, "ring_through": rec.house_missed})
 
     # -- actions --
 
@@ -570,7 +576,8 @@ class CallHandler:
             rec.note("the caller hung up while the house rang")
             return None, 480
         code = leg.final_code or 0
-        rec.note(_HOUSE_RESULTS.get(result, _HOUSE_RESULTS["failed"]).format(timeout=timeout, code=code))
+        rec.house_missed = _HOUSE_RESULTS.get(result, _HOUSE_RESULTS["failed"]).format(timeout=timeout, code=code)
+        rec.note(rec.house_missed)
         return None, code if result in ("busy", "declined") and 400 <= code < 700 else 480
 
     def _ask_household(self, call: LineCall, leg: HouseLeg, caller: Caller, name: bytes) -> str:
@@ -706,6 +713,9 @@ class Service:
         self._sip_pending_since: float | None = None  # a [sip] change waiting for the calls in progress
         self._agent_error = ""  # why the last agent could not start (its SIP port taken)
         self._waiting_since = store.utcnow()
+        self.notifier: Notifier | None = None
+        self._retention: threading.Thread | None = None
+        self._retention_due = 0.0  # monotonic; retention runs at the first loop and then daily
 
     def start(self) -> None:
         """Open the database, recover what the last run left, load prompts, bind the SIP port, register.
@@ -726,6 +736,7 @@ class Service:
         if not calllog.flush(5.0):
             log.warning("screener: the database does not answer yet: call rows are journalled until it does")
         self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
+        self._start_notifier(calllog.recovered[1] if calllog.recovered else 0)
         self.handler.refresh_rules()
         self._config_stamp = self._stamp()
         self._start_agent()
@@ -761,7 +772,27 @@ class Service:
                                    self._waiting_since)
         return health.Snapshot("registering", "", self._waiting_since)
 
+    def _start_notifier(self, interrupted: int) -> None:
+        """Notifications: after a crash (the last beat was not "stopped"), then for closed calls and SIP states."""
+        assert self._db is not None and self.handler is not None
+        db, last = self._db, health.read_beat_file(self.cfg.data_path / health.BEAT_FILE)
+        self.notifier = Notifier(self.cfg, counts=lambda a, b: housekeeping.call_counts(db, a, b)).start()
+        self.handler.on_closed = self.notifier.call_closed
+        self.notifier.started(last.state if last else None, last.heartbeat_at if last else None, interrupted)
+
+    def _housekeeping(self) -> None:
+        """Retention at the first loop and then daily, on a thread of its own: a first run may delete many rows."""
+        now = time.monotonic()
+        if self._db is None or now < self._retention_due or (self._retention and self._retention.is_alive()):
+            return
+        self._retention_due = now + 86400.0
+        self._retention = threading.Thread(target=housekeeping.run_retention, args=(self._db, self.cfg, self._stop),
+                                           name="retention", daemon=True)
+        self._retention.start()
+
     def _on_status(self, st: Any) -> None:
+        if self.notifier is not None:
+            self.notifier.status(st.state, st.last_error or "")
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))
 
     def _on_status_value(self, state: str, error: str, when: datetime | None = None) -> None:
@@ -786,6 +817,10 @@ class Service:
                 self._heartbeat.stop("stopped")
                 self._heartbeat = None
             self._on_status_value("stopped", "")
+        if self.notifier is not None:
+            self.notifier.stop()
+        if self._retention is not None:
+            self._retention.join(2.0)
         if self._db is not None:
             self._db.dispose()
 
@@ -892,6 +927,7 @@ class Service:
                     self._apply_sip_change()
                     if self.handler is not None:
                         self.handler.refresh_rules()  # a list changed in the dashboard is known within a second
+                    self._housekeeping()
             finally:
                 self.stop()
         return 0

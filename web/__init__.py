@@ -29,6 +29,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
         calls,
         evidence,
         format,
+        housekeeping,
         i18n,
         labels,
         lists,
@@ -56,7 +57,7 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
     format.init_app(app)
     labels.init_app(app)
     auth.init_app(app)
-    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings, setup, users):
+    for module in (overview, calls, evidence, numbers, lists, voicemail, prompts, settings, setup, users, housekeeping):
         module.init_app(app)
     _errors(app)
     return app
