@@ -438,7 +438,9 @@ class CallHandler:
             call.play(self.prompts.voicemail)
             call.play(audio.beep())
             pcm = call.record(self.sc.voicemail_max_seconds, VOICEMAIL_SILENCE_S)
-            if len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
+            if audio.is_silent(pcm):
+                rec.extra_reason = audio.SILENT_MESSAGE
+            elif len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
                 rec.voicemail = self._save_voicemail(call.info.call_id, pcm)
         if not call.ended:
             call.hangup()
