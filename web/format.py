@@ -8,7 +8,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import phonenumbers
-
 from flask import Flask, request, session, url_for
 from flask_babel import gettext
 from flask_wtf.csrf import generate_csrf

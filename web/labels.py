@@ -43,8 +43,8 @@ LABELS: dict[str, dict[object, LazyString]] = {
         "user": _l("added by hand"), "dashboard": _l("dashboard"), "cli": _l("command line"),
         "import": _l("CSV import"), "csv import": _l("CSV import"), "verified": _l("verified caller"),
     },
-    "prompt": {"challenge": _l("challenge"), "passed": _l("passed"), "failed": _l("failed"),
-               "blocked": _l("blocked"), "voicemail": _l("voicemail")},
+    "prompt": {"challenge": _l("key check"), "passed": _l("check passed"), "failed": _l("check failed"),
+               "blocked": _l("blocked caller"), "voicemail": _l("voicemail invitation")},
     "language": {"en": _l("English"), "it": _l("Italian")},
     "preset": {
         "it": _l("Italy: telemarketing prefixes, anomalous caller numbers, foreign and withheld callers screened"),

@@ -88,8 +88,8 @@ def index() -> str:
     health = judge(status.state if status else None, status.heartbeat_at if status else None, utcnow())
     return render_template("overview.html", status=status, health=health, today=Counter(today_counts),
                            today_total=sum(today_counts.values()), blocked_week=blocked_week, chart=chart,
-                           series=series, voicemails=voicemails, latest=latest, today_date=today.isoformat(), outcomes=OUTCOMES,
-                           total_30=sum(sum(c) for c in counts.values()))
+                           series=series, voicemails=voicemails, latest=latest, today_date=today.isoformat(),
+                           outcomes=OUTCOMES, total_30=sum(sum(c) for c in counts.values()))
 
 
 def init_app(app: Flask) -> None:
