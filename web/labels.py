@@ -108,12 +108,13 @@ def pattern_text(pattern: str) -> str:
     return pattern
 
 
-def rule_text(rule: str) -> str:
-    """A call's rule as the service wrote it (str(rules.Rule): "block +390844* (mon-fri 09:00-18:00)")."""
+def rule_text(rule: str, action: bool = True) -> str:
+    """A call's rule as the service wrote it (str(rules.Rule): "block +390844* (mon-fri 09:00-18:00)"); without
+    its action when the page shows that beside it."""
     m = re.fullmatch(r"(allow|block|screen) (\S+)(?: \((.+)\))?", rule or "")
     if not m:
         return rule or ""
-    text = f"{label('decision', m[1])} {pattern_text(m[2])}"
+    text = f"{label('decision', m[1])} {pattern_text(m[2])}" if action else pattern_text(m[2])
     return f"{text} ({window_text(m[3])})" if m[3] else text
 
 
