@@ -97,101 +97,101 @@ def _pages(url: str, web_store: store.Store) -> dict[str, str]:
             "settings": "/settings", "evidence": "/evidence", "not_found": "/no/such/page"}
 
 
-def _set_language(page: Any, lang: str) -> None:
-    page.click(f"button[lang={lang}]")
-    page.wait_for_selector(f"html[lang={lang}]")
+def _set_language(tab: Any, lang: str) -> None:
+    tab.click(f"button[lang={lang}]")
+    tab.wait_for_selector(f"html[lang={lang}]")
 
 
 @pytest.mark.parametrize("lang", ["en", "it"])
 def test_every_page_fits_a_phone_and_a_laptop(site: tuple[str, Any], web_store: store.Store, lang: str) -> None:
-    url, page = site
-    _set_language(page, lang)
+    url, tab = site
+    _set_language(tab, lang)
     problems: dict[str, list[str]] = {}
     for width, size in WIDTHS.items():
-        page.set_viewport_size(size)
+        tab.set_viewport_size(size)
         for name, path in _pages(url, web_store).items():
-            page.goto(url + path)
-            bad = page.evaluate(OVERFLOW_JS)
+            tab.goto(url + path)
+            bad = tab.evaluate(OVERFLOW_JS)
             if bad:
                 problems[f"{name} {width}"] = bad
-            shot(page, f"layout_{name}_{lang}_{width}")
+            shot(tab, f"layout_{name}_{lang}_{width}")
         # the import report, after a file with a bad row
-        page.goto(url + "/lists")
-        page.set_input_files("input[type=file][name=file]", files=[{
+        tab.goto(url + "/lists")
+        tab.set_input_files("input[type=file][name=file]", files=[{
             "name": "numbers.csv", "mimeType": "text/csv",
             "buffer": b"number,label\n0844 111 222,sales\nnot a number,oops\n,nothing\n"}])
-        page.click("form[action='/lists/import'] button")
-        page.wait_for_selector("table.report")
-        if bad := page.evaluate(OVERFLOW_JS):
+        tab.click("form[action='/lists/import'] button")
+        tab.wait_for_selector("table.report")
+        if bad := tab.evaluate(OVERFLOW_JS):
             problems[f"import {width}"] = bad
-        shot(page, f"layout_import_report_{lang}_{width}")
+        shot(tab, f"layout_import_report_{lang}_{width}")
     assert problems == {}
-    assert [e for e in page.errors if "404" not in e] == []  # the not-found page is one on purpose
+    assert [e for e in tab.errors if "404" not in e] == []  # the not-found tab is one on purpose
 
 
 @pytest.mark.parametrize("lang", ["en", "it"])
 def test_the_log_reads_well(site: tuple[str, Any], lang: str) -> None:
     from playwright.sync_api import expect
 
-    url, page = site
-    _set_language(page, lang)
-    page.set_viewport_size(WIDTHS["laptop"])
-    page.goto(url + "/calls")
+    url, tab = site
+    _set_language(tab, lang)
+    tab.set_viewport_size(WIDTHS["laptop"])
+    tab.goto(url + "/calls")
     # a table: every column at least as wide as its longest word, nothing scrolls inside the log
-    assert page.locator("table.calls thead").is_visible()
-    shot(page, f"log_{lang}_1280")
-    shot(page, f"log_{lang}_1280")
-    assert page.evaluate(NARROW_CELLS_JS) == []
-    assert page.evaluate("() => { const w = document.querySelector('.table-wrap');"
+    assert tab.locator("table.calls thead").is_visible()
+    shot(tab, f"log_{lang}_1280")
+    shot(tab, f"log_{lang}_1280")
+    assert tab.evaluate(NARROW_CELLS_JS) == []
+    assert tab.evaluate("() => { const w = document.querySelector('.table-wrap');"
                          " return w.scrollWidth <= w.clientWidth; }")
-    foreign = page.locator("table.calls tr", has_text="+33 1 62 00 00 00")
+    foreign = tab.locator("table.calls tr", has_text="+33 1 62 00 00 00")
     expect(foreign).to_have_count(1)
     why = foreign.locator("td.why .reason")
     full = why.get_attribute("title") or ""
     assert LONG_LABEL in full and len(why.inner_text()) < len(full)  # shortened, whole on hover
     silent = "silent message" if lang == "en" else "messaggio muto"
-    expect(page.locator("tr", has_text="Ferramenta").locator(".badge.silent")).to_have_text(silent)
+    expect(tab.locator("tr", has_text="Ferramenta").locator(".badge.silent")).to_have_text(silent)
     if lang == "it":
         expect(foreign.locator("td.why .rule-name")).to_have_text("filtra numeri esteri (lun-ven 09:00-18:00)")
         assert "foreign" not in foreign.inner_text() and "during" not in full
-    shot(page, f"log_{lang}_1280")
+    shot(tab, f"log_{lang}_1280")
 
     # a phone: stacked cards, every one within the screen, labelled
-    page.set_viewport_size(WIDTHS["phone"])
-    page.goto(url + "/calls")
-    assert not page.locator("table.calls thead").is_visible()
-    assert page.evaluate(OVERFLOW_JS) == []
-    card = page.locator("table.calls tr", has_text="+33 1 62 00 00 00")
+    tab.set_viewport_size(WIDTHS["phone"])
+    tab.goto(url + "/calls")
+    assert not tab.locator("table.calls thead").is_visible()
+    assert tab.evaluate(OVERFLOW_JS) == []
+    card = tab.locator("table.calls tr", has_text="+33 1 62 00 00 00")
     box = card.bounding_box()
     assert box is not None and box["width"] <= 390
-    assert page.evaluate("() => getComputedStyle(document.querySelector('table.calls tbody tr')).display") == "grid"
-    shot(page, f"log_{lang}_390")
-    page.screenshot(path=str(ARTIFACTS / f"log_{lang}_390_screen.png"))  # what a phone shows at first
+    assert tab.evaluate("() => getComputedStyle(document.querySelector('table.calls tbody tr')).display") == "grid"
+    shot(tab, f"log_{lang}_390")
+    tab.screenshot(path=str(ARTIFACTS / f"log_{lang}_390_screen.png"))  # what a phone shows at first
 
     # the number page holds the whole reason and Unblock
-    page.goto(url + "/numbers/+390612340003")
-    unblock = page.locator("button.unblock")
+    tab.goto(url + "/numbers/+390612340003")
+    unblock = tab.locator("button.unblock")
     expect(unblock).to_have_text("Unblock" if lang == "en" else "Sblocca")
     unblock.click()
-    expect(page.locator("button.unblock")).to_have_count(0)
-    assert page.errors == []
+    expect(tab.locator("button.unblock")).to_have_count(0)
+    assert tab.errors == []
 
 
 def test_a_failed_form_keeps_what_was_typed(site: tuple[str, Any]) -> None:
-    url, page = site
-    page.set_viewport_size(WIDTHS["phone"])
-    page.goto(url + "/lists")
-    page.select_option("form[action='/lists/add'] select[name=list]", "screen")
-    page.fill("input[name=pattern]", "0844x*")
-    page.fill("input[name=label]", "call centre")
-    page.fill("input[name=days]", "mon-fri")
-    page.click("form[action='/lists/add'] button.primary")
-    page.wait_for_selector(".flash.error")
-    assert page.input_value("input[name=pattern]") == "0844x*"
-    assert page.input_value("input[name=label]") == "call centre"
-    assert page.input_value("input[name=days]") == "mon-fri"
-    assert page.input_value("form[action='/lists/add'] select[name=list]") == "screen"
-    assert page.evaluate(OVERFLOW_JS) == []
-    shot(page, "layout_failed_form_en_phone")
+    url, tab = site
+    tab.set_viewport_size(WIDTHS["phone"])
+    tab.goto(url + "/lists")
+    tab.select_option("form[action='/lists/add'] select[name=list]", "screen")
+    tab.fill("input[name=pattern]", "0844x*")
+    tab.fill("input[name=label]", "call centre")
+    tab.fill("input[name=days]", "mon-fri")
+    tab.click("form[action='/lists/add'] button.primary")
+    tab.wait_for_selector(".flash.error")
+    assert tab.input_value("input[name=pattern]") == "0844x*"
+    assert tab.input_value("input[name=label]") == "call centre"
+    assert tab.input_value("input[name=days]") == "mon-fri"
+    assert tab.input_value("form[action='/lists/add'] select[name=list]") == "screen"
+    assert tab.evaluate(OVERFLOW_JS) == []
+    shot(tab, "layout_failed_form_en_phone")
 
 
