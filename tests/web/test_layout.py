@@ -126,7 +126,7 @@ def test_every_page_fits_a_phone_and_a_laptop(site: tuple[str, Any], web_store: 
             problems[f"import {width}"] = bad
         shot(tab, f"layout_import_report_{lang}_{width}")
     assert problems == {}
-    assert [e for e in tab.errors if "404" not in e] == []  # the not-found tab is one on purpose
+    assert [e for e in tab.errors if "404" not in e] == []  # the not-found page is one on purpose
 
 
 @pytest.mark.parametrize("lang", ["en", "it"])
