@@ -116,6 +116,25 @@ def silence(seconds: float) -> bytes:
     return b"\0\0" * int(RATE * seconds)
 
 
+SPEECH_RMS = 200  # the level shell.record also takes for speech; line noise and comfort noise stay below it
+MIN_SPEECH_SECONDS = 0.3
+SILENT_MESSAGE = "silent message"  # a voicemail of silence is not kept: the call's reason says this instead
+
+
+def is_silent(pcm: bytes, rms: int = SPEECH_RMS, min_speech: float = MIN_SPEECH_SECONDS) -> bool:
+    """Whether a recording holds less than `min_speech` seconds of 20 ms frames at speech level: a voicemail
+    of breathing, line noise or a dialler's dead air (what a complaint calls a silent call)."""
+    frame = RATE * 2 // 50
+    need = int(min_speech * 50)
+    loud = 0
+    for i in range(0, len(pcm) - frame + 1, frame):
+        if audioop.rms(pcm[i:i + frame], 2) >= rms:
+            loud += 1
+            if loud >= need:
+                return False
+    return True
+
+
 def ringback(cycles: int = 1, freq: float = 425.0, on: float = 1.0, off: float = 4.0, amp: int = 6000) -> bytes:
     """The ringing tone a caller hears while the house rings: Italy's 425 Hz, 1 s on, 4 s off."""
     return (beep(on, freq, amp) + silence(off)) * cycles

@@ -37,7 +37,7 @@ MIN_VOICEMAIL_S = 1.0  # shorter recordings are not kept
 JOURNAL_NAME = "calls.journal"  # in the data folder (see screener.calllog)
 SNAPSHOT_MAX = 20_000  # list entries kept in memory for deciding while the database is away
 RECENT_MAX = 1024
-NAME_MAX_S, NAME_SILENCE_S, NAME_MIN_S = 4.0, 1.5, 0.3  # the caller's name for the announcement
+NAME_MAX_S, NAME_SILENCE_S = 4.0, 1.5  # the caller's name for the announcement
 ANNOUNCE_WAIT_S, KEY_POLL_S = 8.0, 0.5  # the household's time to press a key after each announcement
 ANNOUNCE_BUDGET_S = 40.0  # ringback queued beyond the ringing: the announcement, twice, and its waits
 RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
@@ -502,7 +502,9 @@ class CallHandler:
             call.play(self.prompts.voicemail)
             call.play(audio.beep())
             pcm = call.record(self.sc.voicemail_max_seconds, VOICEMAIL_SILENCE_S)
-            if len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
+            if audio.is_silent(pcm):
+                rec.note(audio.SILENT_MESSAGE)
+            elif len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
                 rec.voicemail = self._save_voicemail(call.info.call_id, pcm)
 
     # -- ring-through: a caller who passed reaches the house, which hears who it is and decides --
@@ -547,8 +549,8 @@ class CallHandler:
         call.play(self.prompts.announcer.ask_name)
         call.play(audio.beep())
         pcm = call.record(NAME_MAX_S, NAME_SILENCE_S)
-        if len(pcm) < NAME_MIN_S * audio.RATE * 2:
-            return b""
+        if audio.is_silent(pcm):
+            return b""  # the number is read out instead
         rec.name = self._save_voicemail(call.info.call_id, pcm, suffix="_name")
         return pcm
 

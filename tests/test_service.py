@@ -515,6 +515,23 @@ def test_short_or_no_voicemail_is_not_kept(make):
         assert s.scalar(select(store.ListEntry)) is None
 
 
+class SilentCall(FakeCall):
+    """A caller who passes the check and then leaves only dead air."""
+
+    def record(self, max_seconds: float, silence_seconds: float = 5.0) -> bytes:
+        self.log.append(f"record {max_seconds:g}")
+        return audio.silence(6.0)
+
+
+def test_silent_voicemail_is_not_kept_and_the_call_says_so(make):
+    handler, db, cfg = make("[screening]\nremember_verified = false\n")
+    handler(SilentCall(keys=["5"]))
+    (row,) = rows(db)
+    assert (row.outcome, row.voicemail_path) == ("passed", None)
+    assert row.reason.endswith("; silent message")
+    assert not (cfg.data_path / "voicemail").exists() or not any((cfg.data_path / "voicemail").iterdir())
+
+
 def test_voicemail_disabled(make):
     handler, db, _ = make("[screening]\nvoicemail = false\n")
     call = FakeCall(keys=["5"], voice_seconds=3.0)

@@ -64,17 +64,20 @@ def create_app(cfg: Config | None = None, *, store: Store | None = None, testing
 
 
 def _errors(app: Flask) -> None:
-    def page(code: int, message: str) -> tuple[str, int]:
-        return render_template("error.html", code=code, message=message), code
+    from web.labels import http_error
+
+    def page(code: int, title: str, message: str) -> tuple[str, int]:
+        return render_template("error.html", code=code, title=title, message=message), code
 
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError) -> tuple[str, int]:
         from flask_babel import gettext as _
 
-        return page(400, _("The form expired or did not come from this site. Reload the page and try again."))
+        code, title, _default = http_error(e)
+        return page(code, title, _("The form expired or did not come from this site. Reload the page and try again."))
 
     for code in (400, 401, 403, 404, 405, 413):
-        app.register_error_handler(code, lambda e, code=code: page(code, e.description))
+        app.register_error_handler(code, lambda e: page(*http_error(e)))
 
 
 SERVE_THREADS = 2  # a household's dashboard: one page and its assets at a time; each idle thread costs RSS

@@ -19,6 +19,7 @@ from screener.store import Call, ListEntry, put_entry, remove_entry, utcnow
 from web import db
 from web.auth import _safe_next
 from web.calls import text_arg
+from web.format import keep_form
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 PAGE_SIZE = 100
@@ -155,6 +156,7 @@ def add() -> Response:
     try:
         which, pattern, label, window = _form_entry(db.config().screening.region)
     except ValueError as e:
+        keep_form()
         flash(str(e), "error")
         return _back()
     before = snapshot(_entry(s, pattern))
@@ -175,6 +177,7 @@ def edit(entry_id: int) -> str | Response:
     try:
         which, pattern, label, window = _form_entry(db.config().screening.region)
     except ValueError as e:
+        keep_form()
         flash(str(e), "error")
         return redirect(url_for("lists.edit", entry_id=entry_id))
     if pattern != entry.pattern and _entry(s, pattern) is not None:
