@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from werkzeug.exceptions import NotFound
 
-from screener import audio, rules
+from screener import audio, rules, service
 from screener.numbers import parse_caller
 from screener.presets import PRESETS
 from screener.store import OUTCOMES
@@ -60,6 +60,27 @@ CASES = [
     ("no rule matched", "nessuna regola applicabile"),
     ("refused with 488: something new", "rifiutata con 488: something new"),
     ("something the service will write one day", "something the service will write one day"),
+    # ring-through: the texts as the handler writes them
+    ("no rule matched: default screen; " + service._HOUSE_RESULTS["no_answer"].format(timeout=25, code=0),
+     "nessuna regola applicabile: predefinito filtra; in casa nessuno ha risposto entro 25 s"),
+    (service._HOUSE_RESULTS["busy"].format(timeout=25, code=486), "in casa era occupato (486)"),
+    (service._HOUSE_RESULTS["declined"].format(timeout=25, code=603), "in casa hanno rifiutato (603)"),
+    (service._HOUSE_RESULTS["failed"].format(timeout=25, code=408),
+     "non è stato possibile far squillare i telefoni di casa (408)"),
+    ("the house could not be rung: no free media port",
+     "non è stato possibile far squillare i telefoni di casa: nessuna porta audio libera"),
+    ("the caller hung up while the house rang", "il chiamante ha riattaccato mentre in casa squillava"),
+    ("the caller hung up while the household was deciding", "il chiamante ha riattaccato mentre in casa si decideva"),
+    ("the household sent it to voicemail", "in casa l’hanno passata alla segreteria"),
+    ("the household answered but did not choose", "in casa hanno risposto ma non hanno scelto"),
+    ("withheld number: nothing to put on the block list", "numero nascosto: niente da mettere nella lista di blocco"),
+    ("too many calls put through at once: voicemail", "troppe chiamate passate alla casa insieme: segreteria"),
+    ("too many calls screened at once: put through unscreened",
+     "troppe chiamate filtrate insieme: passata alla casa senza filtro"),
+    *((service._BRIDGE_ENDS[k], it) for k, it in (
+        ("caller", "il chiamante ha riattaccato"), ("household", "in casa hanno riattaccato"),
+        ("timeout", "terminata dopo la durata massima della conversazione"),
+        ("stopped", "terminata da un arresto del servizio"))),
 ]
 
 
