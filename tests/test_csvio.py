@@ -203,7 +203,7 @@ ENTRIES = [
     FakeEntry("screen", "class:foreign", "@foreign", source="preset:it"),
     FakeEntry("block", "+390844*", "l'amico \"caro\""),
     FakeEntry("block", "+39899*", "\tpremium"),
-    FakeEntry("screen", "+33*", "+France;=1+1"),
+    FakeEntry("screen", "+33612*", "+France;=1+1"),
 ]
 
 
