@@ -65,8 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--days", help="e.g. mon-fri, sat,sun")
     add.add_argument("--from", dest="time_from", metavar="HH:MM")
     add.add_argument("--to", dest="time_to", metavar="HH:MM")
+    add.add_argument("--replace", action="store_true",
+                     help="replace the label and time window of an entry the pattern already has")
+    add.add_argument("--force", action="store_true",
+                     help="add a prefix that covers a whole country or network (fewer than 3 national digits)")
     rm = ls.add_parser("remove", help="remove a pattern from its list")
     rm.add_argument("pattern")
+    for name, what in (("disable", "switch an entry off without deleting it"), ("enable", "switch an entry on")):
+        ls.add_parser(name, help=what).add_argument("pattern")
     show = ls.add_parser("show", help="print the lists")
     show.add_argument("--json", action="store_true")
     imp = ls.add_parser("import", help="import a CSV file into a list")
@@ -158,6 +164,8 @@ def _write_out(file: str, text: str) -> bool:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from screener import presets
+
     path = Path(args.config) if args.config else config_mod.default_path()
     if not path.exists():
         if not EXAMPLE_CONFIG.exists():
@@ -167,8 +175,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg = config_mod.load(path)
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     st = _store(cfg)
-    for name in cfg.screening.presets:
-        _apply_preset(st, name)
+    with st.write() as s:
+        applied = presets.apply_configured(s, cfg.screening.presets)
+    for a in applied:
+        print(_preset_line(a))
     print(f"database ready: {_safe_url(cfg.database_url)}")
     return 0
 
@@ -193,6 +203,9 @@ def lookup(cfg: Config, st: Any, number: str, at: datetime) -> dict[str, Any]:
 
     sc = cfg.screening
     caller = parse_caller(number, sc.region)
+    if caller.e164 is None and not caller.withheld and not caller.internal:
+        raise CliError(f"not a phone number: {number!r} (e.g. 0212345678, +390212345678, anonymous for a "
+                       "withheld caller, **9 for an internal call)")
     rules = st.ruleset(caller, region=sc.region, tz=ZoneInfo(sc.timezone), default=sc.default_action)
     d = decide(caller, rules, at)
     return {"input": number, "e164": caller.e164, "withheld": caller.withheld, "internal": caller.internal,
@@ -215,38 +228,66 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_preset(st: Any, name: str) -> int:
-    from screener import store
-    from screener.presets import PRESETS
+def _preset_line(a: Any) -> str:
+    return f"preset {a.name}: {a.added} entries added" + (
+        f", {a.kept} already had an entry and stay as they are" if a.kept else "")
 
-    preset = PRESETS.get(name)
-    if preset is None:
-        raise CliError(f"no preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    with st.write() as s:
-        for e in preset.entries:
-            store.put_entry(s, e.list, e.pattern, label=e.label, source=f"preset:{name}")
-    return len(preset.entries)
+
+def _entry_text(pattern: str, before: Any) -> str:
+    """"+390212345678 on the allow list as "mum", mon-fri 09:00-18:00" (switched off)"."""
+    return (f"{pattern} on the {before.list} list" + (f' as "{before.label}"' if before.label else "")
+            + (f", {before.window}" if before.window else "") + ("" if before.enabled else " (switched off)"))
+
+
+def _list_add(st: Any, args: argparse.Namespace, region: str) -> int:
+    from screener import store
+    from screener.rules import make_window, normalize_pattern, wide_prefix
+
+    try:
+        pattern = normalize_pattern(args.pattern, region)
+        window = make_window(args.days, args.time_from, args.time_to)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    wide = wide_prefix(pattern)
+    if wide is not None and not args.force:
+        raise CliError(f"{pattern} covers {wide}: add --force if you mean it", 1)
+    try:
+        with st.write() as s:
+            added = store.add_entry(s, args.list, pattern, label=args.label, window=window, replace=args.replace)
+            entry_window, before = added.entry.window, added.before
+    except store.EntryConflict as e:
+        raise CliError(f"{_entry_text(pattern, e.before)}: nothing changed; add --replace to replace its label "
+                       "and time window, or leave out --label/--days/--from/--to to keep them", 1) from None
+    if before is not None:
+        kept = " (kept its label and time window)" if added.kept and not args.replace else ""
+        print(f"was: {_entry_text(pattern, before)}" + kept)
+    print(f"{pattern} is on the {args.list} list" + (f" ({entry_window})" if entry_window else ""))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from screener import csvio, store
-    from screener.rules import make_window, normalize_pattern
+    from screener import csvio, presets, store
+    from screener.rules import normalize_pattern
 
     cfg = _load(args)
     st = _store(cfg)
     region = cfg.screening.region
     sub = args.list_command
     if sub == "add":
+        return _list_add(st, args, region)
+    if sub in ("enable", "disable"):
         try:
             pattern = normalize_pattern(args.pattern, region)
-            window = make_window(args.days, args.time_from, args.time_to)
         except ValueError as e:
             raise CliError(str(e)) from None
         with st.write() as s:
-            store.put_entry(s, args.list, pattern, label=args.label, window=window)
-        print(f"{pattern} is on the {args.list} list" + (f" ({window})" if window else ""))
+            entry = store.set_enabled(s, pattern, sub == "enable")
+            if entry is None:
+                raise CliError(f"{pattern} is on no list", 1)
+            which = entry.list
+        print(f"{pattern} on the {which} list is switched {'on' if sub == 'enable' else 'off'}")
         return 0
     if sub == "remove":
         try:
@@ -271,7 +312,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for entry in entries:
                 w = entry.window
                 print(f"{entry.list:6} {entry.pattern:20} {entry.label}" + (f"  [{w}]" if w else "")
-                      + f"  ({entry.source}, {entry.hit_count} hits)")
+                      + f"  ({entry.source}, {entry.hit_count} hits)" + ("" if entry.enabled else "  OFF"))
         return 0
     if sub == "import":
         try:
@@ -280,17 +321,25 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise CliError(f"{args.file}: {e.strerror}", 1) from None
         # parsing 100,000 numbers is seconds of CPU: a running service's calls come first
         with _lower_priority(IMPORT_NICE):
-            report = csvio.parse_csv(data, region)
+            try:
+                report = csvio.parse_csv(data, region)
+            except csvio.UnreadableFile as e:
+                raise CliError(f"{args.file}: {e}", 1) from None
             # the same batched import as the dashboard: a running service's call rows never wait for it long
             res = csvio.import_rows(st, args.list, report.rows, source="import")
-        for line, reason in report.errors:
+        lines = sorted([*report.errors, *((report.lines[p], f"{p} is on the allow list: left there (an import "
+                                           "never moves an allowed number)") for p in res.skipped),
+                        *((line, str(note)) for line, note in report.notes)])
+        for line, reason in lines:
             print(f"{args.file}:{line}: {reason}", file=sys.stderr)
         if res.error:
             print(f"{args.file}: the import stopped after {res.imported} of {res.total} entries: {res.error}",
                   file=sys.stderr)
         print(f"imported {res.imported} entries into the {args.list} list"
-              + (f"; {len(report.errors)} bad rows skipped" if report.errors else ""))
-        return 1 if report.errors or res.error else 0
+              + (f"; {len(report.errors)} bad rows skipped" if report.errors else "")
+              + (f"; {len(res.skipped)} allowed numbers left on the allow list" if res.skipped else "")
+              + (f"; {len(report.notes)} rows to check" if report.notes else ""))
+        return 1 if report.errors or res.error or res.skipped else 0
     if sub == "export":
         with st.read() as s:
             entries = s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern))
@@ -298,8 +347,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         _write_out(args.file, text)
         return 0
     if sub == "preset":
-        n = _apply_preset(st, args.name)
-        print(f"preset {args.name}: {n} entries applied")
+        if args.name not in presets.PRESETS:
+            raise CliError(f"no preset {args.name!r}; known: {', '.join(sorted(presets.PRESETS))}")
+        with st.write() as s:
+            print(_preset_line(presets.apply(s, args.name)))
         return 0
     raise AssertionError(sub)
 

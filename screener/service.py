@@ -166,7 +166,7 @@ class RulesSnapshot:
             fingerprint = tuple(s.execute(_FINGERPRINT).one())
             if fingerprint == self._fingerprint:
                 return
-            got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry))}
+            got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry).where(store.ListEntry.enabled))}
         with self._lock:
             self._all, self._all_at, self._fingerprint = got, now, fingerprint
 
@@ -188,9 +188,11 @@ class RulesSnapshot:
             return rules
 
 
-# Changes whenever an entry is added, removed, moved to another list or given another time window.
+# Changes whenever an entry is added, removed, moved to another list, given another time window or switched
+# on or off.
 _FINGERPRINT = text(
     "SELECT count(*), coalesce(max(id), 0),"
+    " coalesce(sum(CASE WHEN enabled THEN id ELSE 0 END), 0),"
     " coalesce(sum(id * CASE list WHEN 'block' THEN 2 WHEN 'allow' THEN 3 ELSE 5 END), 0),"
     " coalesce(sum(id * coalesce(days, 255)), 0),"
     " coalesce(sum(id * CAST(replace(coalesce(time_from, '0') || coalesce(time_to, '0'), ':', '') AS BIGINT)), 0)"

@@ -636,6 +636,15 @@ def test_rules_snapshot_follows_list_changes(st):
         store.put_entry(s, "allow", "+39021*")  # moved to another list: same count, same ids
     snap.refresh(st, 3.0)
     assert [r.list for r in snap.rules_for(caller)] == ["allow"]
+    # switched off and on again: same count, ids, lists and windows
+    with st.write() as s:
+        store.set_enabled(s, "+39021*", False)
+    snap.refresh(st, 3.5)
+    assert snap.rules_for(caller) == ()
+    with st.write() as s:
+        store.set_enabled(s, "+39021*", True)
+    snap.refresh(st, 3.7)
+    assert [r.list for r in snap.rules_for(caller)] == ["allow"]
     # a caller's own lookup after the last refresh is the fresher answer
     snap.remember(caller, (), 4.0)
     assert snap.rules_for(caller) == ()
