@@ -26,6 +26,7 @@ FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_BYTES = FRAME_SAMPLES * 2  # 16-bit linear
 FRAME_SECONDS = 0.02
 INPUT_FRAMES = 50  # B22: at most 1 s of received audio is buffered per call
+FED_WAIT = 0.1  # a relayed stream's thread has no clock to keep: it wakes this often to see stop() or the relay end
 DTMF_KEYS = "0123456789*#ABCD"
 CODECS = {"PCMU": PayloadType.PCMU, "PCMA": PayloadType.PCMA}
 # G.711 law to law, one byte for one byte: a bridge transcodes with bytes.translate, not through linear PCM
@@ -192,9 +193,10 @@ class RtpSession(RTPClient):
     def relay_to(self, other: RtpSession | None) -> None:
         """Forward every packet received from now on to `other`'s far end as `other`'s stream; None stops.
 
-        Forwarding happens on this session's thread as each packet arrives. `other` stops sending its own
-        frames (its pending playback is dropped) until the relay stops or either session ends. Digits are still
-        reported here; received audio is no longer buffered. A bridge is a.relay_to(b); b.relay_to(a).
+        Forwarding happens on this session's thread as each packet arrives. `other` sends no frames of its own
+        (what it had queued, and what is played on it meanwhile, is dropped) until the relay stops or either
+        session ends; then its clock starts again within FED_WAIT. Digits are still reported here; received
+        audio is no longer buffered. A bridge is a.relay_to(b); b.relay_to(a).
         """
         if other is self:
             raise ValueError("an RTP session cannot relay to itself")
@@ -212,13 +214,13 @@ class RtpSession(RTPClient):
         previous = self._feeder
         if previous is not None and previous is not feeder:
             previous._relay = None  # one stream, one source
-        self.clear_playback()
         with self._tx:
             if self._closed:
                 return False
             if previous is not feeder:
                 self._feeder, self._anchor = feeder, None
-            return True
+        self.clear_playback()  # after the feeder is set: play() drops from then on, so nothing is left queued
+        return True
 
     def _unfeed(self, feeder: RtpSession) -> None:
         with self._tx:
@@ -294,8 +296,14 @@ class RtpSession(RTPClient):
     # -- audio out --
 
     def play(self, pcm: bytes) -> int:
-        """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played()."""
+        """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played(). Dropped while the stream is relayed."""
         with self._cv:
+            if self._feeder is not None:
+                self._out.clear()
+                self._queued += 1
+                self._sent = self._queued
+                self._cv.notify_all()
+                return self._queued
             size = self._frame_bytes
             for i in range(0, len(pcm), size):
                 frame = pcm[i:i + size]
@@ -339,14 +347,18 @@ class RtpSession(RTPClient):
         next_send = time.monotonic()
         while self.NSD:
             now = time.monotonic()
-            if now >= next_send:
+            if self._feeder is not None:  # what goes out is relayed: the own clock starts again after the relay
+                next_send, wait = now, FED_WAIT
+            elif now >= next_send:
                 seconds = self._send_frame()
                 next_send += seconds
                 if now - next_send > 0.2:  # the machine stalled: resynchronise rather than burst
                     next_send = now + seconds
                 continue
+            else:
+                wait = next_send - now
             try:
-                ready, _, _ = select.select([self.sin], [], [], next_send - now)
+                ready, _, _ = select.select([self.sin], [], [], wait)
             except (OSError, ValueError):
                 return
             if ready:
@@ -374,11 +386,6 @@ class RtpSession(RTPClient):
     def _send_frame(self) -> float:
         """Send the next packet (silence when nothing is queued); returns the seconds of audio it holds."""
         with self._cv:
-            if self._feeder is not None:  # relayed audio is this stream now: what is queued is dropped
-                self._sent += len(self._out)
-                self._out.clear()
-                self._cv.notify_all()
-                return self._frame_bytes / 2 / 8000
             frame = self._out.popleft() if self._out else None
             if frame is not None:
                 self._sent += 1
