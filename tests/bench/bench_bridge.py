@@ -172,6 +172,7 @@ def main() -> int:
     if args.serve:
         return serve([tuple(p) for p in json.loads(args.serve)])
 
+    load = os.getloadavg()  # the figures are only as quiet as the machine: printed with them
     peers = Peers(args.calls)
     remotes = [[peers.near[c][0].getsockname()[1], peers.near[c][1].getsockname()[1]] for c in range(args.calls)]
     child = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(remotes)], stdin=subprocess.PIPE,
@@ -210,7 +211,7 @@ def main() -> int:
         peers.close()
 
     first = int(WARMUP / 0.02)
-    added, direct, bridged, gaps, direct_gaps = [], [], [], [], []
+    added, direct, bridged, gaps, direct_gaps, gap_added = [], [], [], [], [], []
     lost = relayed = 0
     for c in range(args.calls):
         for leg in (0, 1):
@@ -227,11 +228,14 @@ def main() -> int:
             for arrivals, out in ((via, gaps), (straight, direct_gaps)):
                 times = sorted(arrivals.values())
                 out += [b - a for a, b in zip(times, times[1:], strict=False)]
+            gap_added += [(via[k + 1] - via[k]) - (straight[k + 1] - straight[k]) for k in expected
+                          if k in via and k + 1 in via and k in straight and k + 1 in straight]
     wall = after["wall"] - before["wall"]
     cpu = after["cpu"] - before["cpu"]
     per_call = cpu / wall / args.calls * 100
     print(f"{args.calls} bridged calls, PCMU <-> PCMA, 20 ms packets both ways, {args.seconds:g} s measured: "
-          f"{relayed} packets relayed, {lost} lost, {peers.bad} unreadable")
+          f"{relayed} packets relayed, {lost} lost, {peers.bad} unreadable; load average "
+          f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cores)")
     print(f"{'ms':42}  {'p50':>7}  {'p99':>7}  {'max':>7}")
     print(f"{'one-way delay, direct loopback':42}  {fmt(direct)}")
     print(f"{'one-way delay, through the bridge':42}  {fmt(bridged)}")
@@ -240,6 +244,7 @@ def main() -> int:
     print(f"{'inter-packet gap at the far ends, direct':42}  {fmt(direct_gaps)}  (the peers' own pacing)")
     print(f"{'inter-packet gap at the far ends, bridged':42}  {fmt(gaps)}  goal p99 <= 25 ms: "
           f"{'met' if percentile(gaps, 99) <= 0.025 else 'MISSED'}")
+    print(f"{'  the same two packets, bridged - direct':42}  {fmt(gap_added)}  (what the bridge adds to a gap)")
     print(f"bridge CPU: {cpu:.2f} s in {wall:.1f} s = {per_call:.2f} % of one core per bridged call "
           f"({cpu / wall * 100:.1f} % for all {args.calls}); the peers, another process: "
           f"{peer_cpu / wall * 100:.1f} % of one core")
