@@ -569,3 +569,33 @@ def test_a_session_cannot_relay_to_itself(legs):
     a, _ = make()
     with pytest.raises(ValueError):
         a.relay_to(a)
+
+
+@pytest.mark.parametrize("stopped", ["a", "b"])
+def test_a_leg_stopped_while_audio_flows_both_ways_ends_the_bridge_cleanly(legs, stopped):
+    pool, far_a, far_b, make = legs
+    a, b = make()
+    bridge(a, b)
+    done = threading.Event()
+
+    def talk(peer: Peer, to: tuple[str, int], pt: int) -> None:
+        i = 0
+        while not done.is_set():
+            peer.send(rtp(pt, i & 0xFFFF, i * 160, b"\x80" * 160), to)
+            i += 1
+            time.sleep(0.001)
+
+    talkers = [threading.Thread(target=talk, args=(far_a, ("127.0.0.1", a.port), 0)),
+               threading.Thread(target=talk, args=(far_b, ("127.0.0.1", b.port), 8))]
+    for t in talkers:
+        t.start()
+    try:
+        assert far_b.recv_raw(1) and far_a.recv_raw(1)
+        gone, left = (a, b) if stopped == "a" else (b, a)
+        gone.stop(wait=1)
+        assert gone.port not in pool.in_use
+        assert wait_for(lambda: left.read_frame(0.05) is not None)  # the other leg hears its own caller again
+    finally:
+        done.set()
+        for t in talkers:
+            t.join()
