@@ -35,9 +35,14 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the control mes
 TIMESPEC = struct.Struct("@ll")
 WARMUP = 1.0  # seconds of packets left out of the figures (latching, first wake-ups)
 U2A = audioop.lin2alaw(audioop.ulaw2lin(bytes(range(256)), 2), 2)
+A2U = audioop.lin2ulaw(audioop.alaw2lin(bytes(range(256)), 2), 2)
 DIGITS_U = bytes(range(16))  # u-law codes that survive u-law -> A-law -> u-law: a packet's number is in them
 DIGITS_A = DIGITS_U.translate(U2A)
-VOICE = struct.pack("<156h", *(int(6000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(156)))
+VOICE_LIN = struct.pack("<156h", *(int(6000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(156)))
+VOICE = {0: audioop.lin2ulaw(VOICE_LIN, 2), 8: audioop.lin2alaw(VOICE_LIN, 2)}
+# what a far end must receive after the packet number: (payload type, via the bridge) -> bytes
+EXPECTED = {(0, False): VOICE[0], (8, False): VOICE[8], (0, True): VOICE[8].translate(A2U),
+            (8, True): VOICE[0].translate(U2A)}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -109,7 +114,8 @@ class Peers:
         self.role = {s.fileno(): (c, leg, via) for c in range(calls) for leg in (0, 1)
                      for via, s in ((True, self.near[c][leg]), (False, self.twin[c][leg]))}
         self.running = True
-        self.bad = 0
+        self.bad = 0  # packets without a readable number
+        self.wrong = 0  # packets whose audio is not what the sender's was, in the receiver's law
 
     @staticmethod
     def _socket(port: int) -> socket.socket:
@@ -121,7 +127,7 @@ class Peers:
 
     def send(self, bridge_ports: list[int], seconds: float) -> None:
         """Every 20 ms each far end sends packet k to its leg of the bridge and to the other far end's twin."""
-        legs = [(0, 0, DIGITS_U, audioop.lin2ulaw(VOICE, 2)), (1, 8, DIGITS_A, audioop.lin2alaw(VOICE, 2))]
+        legs = [(0, 0, DIGITS_U, VOICE[0]), (1, 8, DIGITS_A, VOICE[8])]
         start = time.monotonic() + 0.05
         for k in range(int(seconds / 0.02)):
             delay = start + k * 0.02 - time.monotonic()
@@ -151,6 +157,7 @@ class Peers:
                     self.bad += 1
                     continue
                 c, leg, via = self.role[s.fileno()]
+                self.wrong += data[16:] != EXPECTED.get((data[1] & 0x7F, via))
                 self.arrivals[(c, leg, via)].append((k, when))
 
     def close(self) -> None:
@@ -234,7 +241,7 @@ def main() -> int:
     cpu = after["cpu"] - before["cpu"]
     per_call = cpu / wall / args.calls * 100
     print(f"{args.calls} bridged calls, PCMU <-> PCMA, 20 ms packets both ways, {args.seconds:g} s measured: "
-          f"{relayed} packets relayed, {lost} lost, {peers.bad} unreadable; load average "
+          f"{relayed} packets relayed, {lost} lost, {peers.bad} unreadable, {peers.wrong} with the wrong audio; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cores)")
     print(f"{'ms':42}  {'p50':>7}  {'p99':>7}  {'max':>7}")
     print(f"{'one-way delay, direct loopback':42}  {fmt(direct)}")
@@ -249,7 +256,7 @@ def main() -> int:
           f"({cpu / wall * 100:.1f} % for all {args.calls}); the peers, another process: "
           f"{peer_cpu / wall * 100:.1f} % of one core")
     print(f"after stop: {int(ended['ports_in_use'])} bridge ports in use, {int(ended['threads'])} threads")
-    return 0 if relayed and not lost else 1
+    return 0 if relayed and not lost and not peers.wrong and not peers.bad else 1
 
 
 if __name__ == "__main__":
