@@ -223,8 +223,11 @@ class CallLog:
         hit = values.pop("$hit", None)
         if op.kind == "allow":
             with Session(bind=c) as s:
-                store.put_entry(s, values.get("list", "allow"), values["e164"], label=values["label"],
-                                source=values.get("source", "verified"))
+                list_, source = values.get("list", "allow"), values.get("source", "verified")
+                try:  # an entry the user made keeps its label and time window
+                    store.add_entry(s, list_, values["e164"], label=values["label"], source=source)
+                except store.EntryConflict:
+                    store.add_entry(s, list_, values["e164"], source=source)
             return
         row = op.row
         assert row is not None
