@@ -271,7 +271,7 @@ class RtpStream(RtpCapture):
         self.comfort = comfort
         self.remote: tuple[str, int] | None = None
         self.ssrc = int.from_bytes(os.urandom(4), "big")
-        self.sent = 0
+        self.sent: list[RtpPacket] = []  # what left, with perf_counter times (for delay measurements)
         self.digits: list[tuple[float, str]] = []  # (perf_counter of the event's first packet, digit)
         self._on_digit = on_digit
         self._seq = int.from_bytes(os.urandom(2), "big")
@@ -376,11 +376,12 @@ class RtpStream(RtpCapture):
                 return
             self._seq = (self._seq + 1) & 0xFFFF
             packet = struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), self._seq, ts, self.ssrc) + payload
+            seq, remote = self._seq, self.remote
         try:
-            self.sock.sendto(packet, self.remote)
-            self.sent += 1
+            self.sock.sendto(packet, remote)
         except OSError:
-            pass
+            return
+        self.sent.append(RtpPacket(time.perf_counter(), pt, seq, ts, self.ssrc, marker, payload, remote))
 
     def audio(self, since: float | None = None) -> list[int]:
         """Decoded 16-bit samples of every PCMU/PCMA packet received (after `since`), in arrival order."""
@@ -522,6 +523,10 @@ class Call:
                  threshold: float = 0.9) -> bool:
         """True when some window_s seconds of the received audio are a clean tone at freq."""
         return self.tone_ratio(freq, since, window_s) >= threshold
+
+    def sent(self) -> list[RtpPacket]:
+        """The RTP packets this side sent (RtpPacket.source is where they went), with perf_counter times."""
+        return list(self.media.sent) if self.media else []
 
     def gaps_ms(self, pt: int | None = None) -> list[float]:
         """Inter-arrival gaps in ms between consecutive received packets (optionally of one payload type)."""

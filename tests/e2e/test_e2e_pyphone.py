@@ -48,6 +48,12 @@ def test_answered_call_carries_audio_and_digits_both_ways(make_pyphone: MakePhon
     assert len(event) == 5 + 2 and len({p.ts for p in event}) == 1 and event[0].marker
     assert [p.payload[1] >> 7 for p in event] == [0, 0, 0, 0, 1, 1, 1]
     assert statistics.median(inc.gaps_ms()) == pytest.approx(20, abs=5)
+    sent = out.sent()
+    assert len({p.ssrc for p in sent}) == 1
+    assert all((b.seq - a.seq) % 65536 == 1 for a, b in zip(sent, sent[1:], strict=False))
+    audio_ticks = [(p.ts - sent[0].ts) % 2**32 / 160 for p in sent if p.pt != 101]
+    assert all(t.is_integer() for t in audio_ticks) and audio_ticks == sorted(set(audio_ticks))
+    assert {(p.seq, p.ts) for p in inc.packets()} <= {(p.seq, p.ts) for p in sent}
 
     first, second = (out, inc) if hangup == "caller" else (inc, out)
     assert first.bye()
