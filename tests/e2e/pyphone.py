@@ -51,6 +51,7 @@ EVENTS = "0123456789*#ABCD"
 FRAME = 160  # samples per 20 ms packet at 8 kHz
 T1, T2 = 0.5, 4.0  # RFC 3261 retransmission timers
 RETRANSMITS = 7
+SILENCE = {pt: encode_g711([0] * FRAME, pt) for pt in CODEC_NAMES}
 
 
 def _tag() -> str:
@@ -276,12 +277,11 @@ class RtpStream(RtpCapture):
         self._on_digit = on_digit
         self._seq = int.from_bytes(os.urandom(2), "big")
         self._ts = int.from_bytes(os.urandom(4), "big")
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[list[int]] = deque()  # encoded when sent: the codec may change on the 200 or a re-INVITE
         self._pending_digits: deque[tuple[str, int]] = deque()
         self._event: list[int] | None = None  # [code, start ts, ticks, ticks sent]
         self._first_audio = True
         self._seen_events: set[int] = set()
-        self._silence = encode_g711([0] * FRAME, pt)
         self._lock = threading.Lock()
 
     def set_remote(self, address: tuple[str, int] | None) -> None:
@@ -289,10 +289,9 @@ class RtpStream(RtpCapture):
 
     def play(self, samples: Sequence[int]) -> None:
         """Queue 8 kHz 16-bit samples, sent in the negotiated codec as 20 ms packets (the last one padded)."""
-        data = encode_g711(samples, self.pt)
-        frames = [data[i:i + FRAME] for i in range(0, len(data), FRAME)]
+        frames = [list(samples[i:i + FRAME]) for i in range(0, len(samples), FRAME)]
         if frames and len(frames[-1]) < FRAME:
-            frames[-1] += self._silence[len(frames[-1]):]
+            frames[-1] += [0] * (FRAME - len(frames[-1]))
         with self._lock:
             self._frames.extend(frames)
 
@@ -368,9 +367,10 @@ class RtpStream(RtpCapture):
                 if self._event[3] >= ticks + 2:  # the end packet goes out three times (RFC 4733 2.5.1.4)
                     self._event = None
             elif self._frames:
-                payload, marker, self._first_audio = self._frames.popleft(), self._first_audio, False
+                payload = encode_g711(self._frames.popleft(), pt)
+                marker, self._first_audio = self._first_audio, False
             elif self.comfort:
-                payload = self._silence
+                payload = SILENCE[pt]
             self._ts = (self._ts + FRAME) & 0xFFFFFFFF
             if payload is None or self.remote is None:
                 return
@@ -472,8 +472,15 @@ class Call:
 
     def wait(self, *states: str, timeout: float = 5.0) -> str:
         """Wait until the call is in one of `states`; return the state. TimeoutError names the state it is in."""
-        return self.phone.wait_for(lambda: self.state in states and self.state, timeout,
-                                   what=f"call {self.call_id} to be {'/'.join(states)} (it is {self.state})")
+        try:
+            return self.phone.wait_for(lambda: self.state in states and self.state, timeout,
+                                       what=f"call {self.call_id} to be {'/'.join(states)}")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e} (it is {self.state}; codes {self.codes()})") from None
+
+    def __repr__(self) -> str:
+        return (f"<Call {self.direction} {self.call_id} {self.state} codec={self.codec} final={self.final_code} "
+                f"at {self.phone.name}>")
 
     def answer(self, codec: str | None = None) -> bool:
         """Answer a ringing incoming call (200 with SDP); False when it is not ringing any more."""
@@ -886,9 +893,9 @@ class PyPhone:
                 agreed = [p for p in sdp.audio_pts if p in call.offer_pts]
                 if call.media is not None and agreed:
                     call.codec = CODEC_NAMES[agreed[0]]
-                    call.media.pt = agreed[0]
-                    call.media._silence = encode_g711([0] * FRAME, agreed[0])
-                    call.media.te_pt = sdp.te_pt if call.media.te_pt is not None else None
+                    with call.media._lock:
+                        call.media.pt = agreed[0]
+                        call.media.te_pt = sdp.te_pt if call.media.te_pt is not None else None
                     call.media.set_remote(sdp.address)
                 call._ack = self._dialog_request(call, "ACK", cseq=call.invite_cseq)
                 self._send(call._ack, self._dialog_dest(call))
@@ -991,14 +998,24 @@ class PyPhone:
             if call is not None and call.state in ("answered", "confirmed", "ending"):
                 call.ended_by = call.ended_by or "remote"
                 self._set_state(call, "ended")
-        elif req.method == "INVITE" and call is not None:  # a re-INVITE: same media, maybe a new remote address
-            sdp = Sdp.parse(req.body)
-            if call.media is not None and sdp.address is not None:
-                call.media.set_remote(sdp.address)
-            body = build_sdp(self.host, call.media.port, [call.media.pt], call.media.te_pt) if call.media else ""
-            self._reply(req, 200, call, body=body)
+        elif req.method == "INVITE" and call is not None:
+            self._on_reinvite(req, call)
         else:
             self._reply(req, 200, call)
+
+    def _on_reinvite(self, req: Request, call: Call) -> None:
+        """Same socket; the remote address, codec and telephone-event type follow the new offer."""
+        sdp = Sdp.parse(req.body)
+        media = call.media
+        if media is None or not sdp.audio_pts:
+            self._reply(req, 488 if req.body.strip() else 200, call)
+            return
+        pt = media.pt if media.pt in sdp.audio_pts else sdp.audio_pts[0]
+        with media._lock:
+            media.pt, media.te_pt = pt, sdp.te_pt
+        call.codec, call.remote_sdp = CODEC_NAMES[pt], sdp
+        media.set_remote(sdp.address)
+        self._reply(req, 200, call, body=build_sdp(self.host, media.port, [pt], sdp.te_pt))
 
     def _on_invite(self, req: Request, call: Call | None) -> None:
         if call is not None:

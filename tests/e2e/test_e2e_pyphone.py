@@ -93,11 +93,14 @@ def test_busy_and_unacceptable_codec(make_pyphone: MakePhone) -> None:
 def test_manual_answer_and_unregister_on_close(make_pyphone: MakePhone) -> None:
     bob = make_pyphone("bob", plan=Plan(after=None, ring=False))
     alice = make_pyphone("alice")
-    out = alice.call("bob", codecs=("PCMA", "PCMU"))
+    out = alice.call("bob", codecs=("PCMU", "PCMA"))
+    out.play_tone(700, 0.6)  # queued before the answer: sent in the codec the answer picks
     inc = bob.incoming(timeout=3)
-    assert inc.answer() and not inc.answer()
+    assert inc.answer("PCMA") and not inc.answer()
     out.wait("confirmed", timeout=2)
     assert out.codec == "PCMA" and 180 not in out.codes()
+    bob.wait_for(lambda: inc.has_tone(700), 3, what="the tone queued before the answer")
+    assert inc.payload_types() == {8}
     bob.close()  # hangs up and unregisters
     out.wait("ended", timeout=2)
     assert out.ended_by == "remote"
