@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -101,7 +102,10 @@ def test_manual_answer_and_unregister_on_close(make_pyphone: MakePhone) -> None:
     assert out.codec == "PCMA" and 180 not in out.codes()
     bob.wait_for(lambda: inc.has_tone(700), 3, what="the tone queued before the answer")
     assert inc.payload_types() == {8}
-    bob.close()  # hangs up and unregisters
+    bob.close()  # hangs up, unregisters, joins its threads
+    names = {"pyphone-bob-sip", "pyphone-bob-timer", *(f"pyphone-rtp-{p}" for p in bob.media_ports)}
+    assert not [t for t in threading.enumerate() if t.name in names]
+    assert bob.sock.fileno() == -1 and inc.media is not None and inc.media.sock.fileno() == -1
     out.wait("ended", timeout=2)
     assert out.ended_by == "remote"
     again = alice.call("bob")
