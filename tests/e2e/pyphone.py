@@ -473,7 +473,7 @@ class Call:
     def wait(self, *states: str, timeout: float = 5.0) -> str:
         """Wait until the call is in one of `states`; return the state. TimeoutError names the state it is in."""
         try:
-            return self.phone.wait_for(lambda: self.state in states and self.state, timeout,
+            return self.phone.wait_for(lambda: self.state if self.state in states else None, timeout,
                                        what=f"call {self.call_id} to be {'/'.join(states)}")
         except TimeoutError as e:
             raise TimeoutError(f"{e} (it is {self.state}; codes {self.codes()})") from None
@@ -573,7 +573,7 @@ class _Scheduler:
     """One thread running callables at given delays (timed answers, retransmissions)."""
 
     def __init__(self, name: str, errors: list[str]) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
         self._count = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -581,7 +581,7 @@ class _Scheduler:
         self._thread = threading.Thread(target=self._run, name=f"pyphone-{name}-timer", daemon=True)
         self._thread.start()
 
-    def after(self, delay: float, fn: Callable[[], None]) -> None:
+    def after(self, delay: float, fn: Callable[[], object]) -> None:
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + delay, next(self._count), fn))
             self._cond.notify()
@@ -707,7 +707,7 @@ class PyPhone:
         self._claimed += 1
         return call
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str = "") -> T:
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str = "") -> T:
         """Wait until predicate() is truthy (re-checked on every SIP event and every 20 ms); return its value."""
         deadline = time.monotonic() + timeout
         while True:
@@ -794,7 +794,7 @@ class PyPhone:
                 continue
             try:
                 stream = RtpStream(port, self.host, pt, te_pt, self.comfort,
-                                   lambda t, d, cid=call.call_id: self._emit("digit", cid, d))
+                                   lambda t, digit: self._emit("digit", call.call_id, digit))
             except OSError:
                 continue
             stream.start()
@@ -837,11 +837,14 @@ class PyPhone:
                    f"CSeq: {cseq} REGISTER\r\nContact: {self.contact}\r\nExpires: {expires}\r\n{auth}"
                    f"Max-Forwards: 70\r\nUser-Agent: pyphone\r\nContent-Length: 0\r\n\r\n")
             tx = self._send_tx(branch, "REGISTER", msg.encode(), self.proxy)
-            resp = self.wait_for(lambda tx=tx: tx.final, timeout, what=f"the REGISTER response ({self.name})")
+            resp = self._wait_final(tx, timeout)
             if resp.code not in (401, 407) or auth:
                 return resp
             auth = self._authorization(resp, "REGISTER", uri)
         return resp
+
+    def _wait_final(self, tx: _ClientTx, timeout: float) -> Response:
+        return self.wait_for(lambda: tx.final, timeout, what=f"the {tx.method} response ({self.name})")
 
     def _authorization(self, challenge: Response, method: str, uri: str) -> str:
         """The (Proxy-)Authorization header line answering a 401/407."""
