@@ -27,6 +27,7 @@ from peers import (  # noqa: E402
     caller,
     screener_config,
 )
+from pyphone import PyPhone  # noqa: E402
 
 
 @pytest.fixture
@@ -73,6 +74,30 @@ def make_phone(tmp_path: Path, kamailio: Kamailio, ports: Ports) -> Iterator[Cal
 def household(make_phone: Callable[..., Phone]) -> Phone:
     """The household phone: rings 3 s, then answers; 200 + 487 when cancelled."""
     return make_phone(ring_ms=3000)
+
+
+@pytest.fixture
+def make_pyphone(kamailio: Kamailio, ports: Ports) -> Iterator[Callable[..., PyPhone]]:
+    """Factory for PyPhones registered at kamailio: make_pyphone("house", plan=Plan(after=1.0, codec="PCMA")).
+
+    register=False only binds the phone. Teardown closes every phone (BYE/CANCEL, unregister) and fails the
+    test if one of its threads raised.
+    """
+    made: list[PyPhone] = []
+
+    def make(user: str, register: bool = True, **kw: Any) -> PyPhone:
+        phone = PyPhone(ports.pyphone(len(made)), user, (kamailio.host, kamailio.port), **kw)
+        made.append(phone)
+        if register:
+            phone.register()
+        return phone
+
+    yield make
+    for phone in made:
+        phone.close()
+    errors = [f"{p.name}: {e}" for p in made for e in p.errors]
+    if errors:
+        pytest.fail("PyPhone thread errors:\n" + "\n".join(errors))
 
 
 @pytest.fixture

@@ -72,6 +72,13 @@ class Ports:
     web = property(lambda self: self.base + 90)
     capture_low = property(lambda self: self.base + 100)
     capture_high = property(lambda self: self.base + 199)
+
+    def pyphone(self, i: int) -> int:
+        """SIP port of the i-th PyPhone (0-4); its media ports are the next 18."""
+        if not 0 <= i < 5:
+            raise ValueError(f"PyPhone index {i} outside 0-4")
+        return self.base + 200 + 20 * i
+
     rtp_low = property(lambda self: self.base + 1000)
     rtp_high = property(lambda self: self.base + 1099)
 
@@ -565,7 +572,11 @@ class RtpCapture:
 
     def __init__(self, port: int, host: str = HOST) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, port))
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.settimeout(0.05)
         self.port = port
         self.packets: list[RtpPacket] = []
