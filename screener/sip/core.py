@@ -1378,7 +1378,7 @@ class SipCore:
             self._respond(msg, addr, 200, "OK", now, extra, body, to_tag=leg.local_tag)
             return
         tx = leg.reinvite = ServerInviteTransaction(msg.branch, self.timing)
-        leg.reinvite_cseq, leg.reinvite_late = msg.cseq[0], not offer
+        leg.reinvite_cseq, leg.reinvite_late, leg.reinvite_addr = msg.cseq[0], not offer, addr
         data = build_response(msg, addr, 200, "OK", extra, body, to_tag=leg.local_tag)
         self._send_all(tx.respond(200, data, now), addr)
         self._arm("legreinv", leg.key, tx.timer_at)
@@ -1386,8 +1386,7 @@ class SipCore:
     def _leg_reinvite_timer(self, leg: OutgoingLeg, now: float) -> None:
         tx = leg.reinvite
         assert tx is not None
-        dest = self._leg_dest(leg)
-        self._send_all(tx.on_timer(now), dest)
+        self._send_all(tx.on_timer(now), leg.reinvite_addr)  # responses go where the request came from
         self._arm("legreinv", leg.key, tx.timer_at)
         if tx.state is SIState.TERMINATED:
             self._release_leg(leg)

@@ -90,6 +90,7 @@ class OutgoingLeg:
         self.reinvite: ServerInviteTransaction | None = None  # the latest re-INVITE of theirs we answered
         self.reinvite_cseq = 0
         self.reinvite_late = False  # it had no offer: its ACK brings the answer to ours
+        self.reinvite_addr: tuple[str, int] = dest  # where it came from
 
     @property
     def over(self) -> bool:
