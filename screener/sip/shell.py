@@ -2,7 +2,8 @@
 
 One thread ("sip-loop") owns the socket and feeds the core datagrams and timer events; one ("sip-aux") makes
 the status callbacks and the DNS look-ups the core asks for; each call's handler runs on a parked worker
-thread and acts through `Call` methods, which send commands to the core through `CallControl`. Replaces
+thread and acts through `Call` methods (and the `Leg`s of the outgoing calls it places), which send commands to
+the core through `CallControl` / `LegControl`. Replaces
 pyVoIP's SIPClient / VoIPPhone / VoIPCall (B1-B5, B9, B12, B14, B15, B17, B18).
 """
 
@@ -163,6 +164,8 @@ class _Party:
     from any thread; none raises once the party is over."""
 
     def __init__(self, cv: threading.Condition | None = None) -> None:
+        # a call: declined, cancelled, bye, hangup, no_ack, stopped, error, timeout;
+        # a leg: failed, cancelled, hangup (ours), bye (theirs), stopped
         self.end_reason: str | None = None
         self.codec: str | None = None
         self.media: RtpSession | None = None
@@ -172,6 +175,7 @@ class _Party:
 
     @property
     def ended(self) -> bool:
+        """Over for the handler: ended, or hung up / cancelled with only the dialog's ACK and BYE to come."""
         return self.end_reason is not None
 
     def play(self, pcm: bytes, *, until_digit: bool = False) -> bool:
@@ -254,12 +258,6 @@ class Call(_Party):
     @property
     def call_id(self) -> str:
         return self.info.call_id
-
-    @property
-    def ended(self) -> bool:
-        """Over for the handler: ended, or hung up / cancelled with only the dialog's ACK and BYE to come."""
-        # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout
-        return self.end_reason is not None
 
     @property
     def answered_elsewhere(self) -> bool:
@@ -752,6 +750,9 @@ class SipAgent:
         A target that cannot be resolved gives a leg that has failed already; OSError when no RTP port is free."""
         assert self.pool is not None
         leg = Leg(self, f"leg-{next(self._leg_numbers)}", target, parent)
+        if self._stopping:
+            leg._ended("stopped", None)
+            return leg
         try:
             dest = self._dial_destination(target)
         except (OSError, ParseError) as e:
