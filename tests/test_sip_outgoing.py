@@ -166,7 +166,7 @@ def test_a_challenged_bye_goes_again_with_the_legs_credentials():
 @pytest.mark.parametrize("header", ["Proxy-Authenticate", "WWW-Authenticate"])
 def test_a_challenge_is_answered_once_with_a_new_cseq_on_the_same_call_id(header):
     core = make_core()
-    inv = place(core, credentials=Credentials("ringer", "pw"))
+    inv = place(core, credentials=("ringer", "pw"))  # a plain (user, password) tuple
     challenge = f'{header}: Digest realm="fritz.box", nonce="abc", qop="auth"'
     code = 407 if header.startswith("Proxy") else 401
     core.receive_datagram(response(inv, code, "Auth", challenge), PROVIDER, 0.1)

@@ -232,3 +232,25 @@ def test_stop_during_a_bridge_byes_both_legs(provider, house):
         assert provider.expect(method("BYE"), timeout=1.0).call_id == "rt6"
         assert time.monotonic() - t0 < 2.0
         assert scenario.done.wait(2.0) and scenario.who == "stopped"
+
+
+def test_background_audio_returns_at_once_and_can_be_dropped(provider):
+    seen: list[tuple[float, int]] = []
+
+    def handler(call: Call) -> None:
+        assert call.answer()
+        t0 = time.monotonic()
+        call.play_background(b"\0\0" * 8000 * 5)  # 5 s of ringback
+        took = time.monotonic() - t0
+        assert call.media is not None
+        queued = len(call.media._out)
+        call.stop_playback()
+        seen.append((took, queued - len(call.media._out)))
+
+    with running_agent(provider, handler) as agent:
+        run_call(provider, agent.local_port, "rt7")
+        provider.expect(status(200))
+        deadline = time.monotonic() + 2
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert seen and seen[0][0] < 0.5 and seen[0][1] > 200  # about 250 frames queued, then dropped

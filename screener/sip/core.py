@@ -1100,15 +1100,16 @@ class SipCore:
     # -- outgoing calls (ring-through, UAC) --
 
     def place_call(self, key: str, target_uri: str, from_user: str, display_name: str, rtp_port: int, now: float,
-                   *, dest: Addr, credentials: Credentials | None = None,
+                   *, dest: Addr, credentials: tuple[str, str] | None = None,
                    extra_headers: tuple[tuple[str, str], ...] = ()) -> bool:
         """INVITE `target_uri` (sent to `dest`, the resolved outbound proxy or target) offering media on
         `rtp_port`, From `"display_name" <sip:from_user@our domain>`; False when `key` is in use."""
         if key in self._legs:
             return False
         host = format_host(self.contact.host) or "screener"
+        creds = Credentials(*credentials) if credentials is not None else None
         leg = OutgoingLeg(key, f"{token(self.rng, 12)}@{host}", token(self.rng, 6), target_uri, from_user,
-                          display_name, token(self.rng, 8), dest, credentials, b"")
+                          display_name, token(self.rng, 8), dest, creds, b"")
         leg.rtp_port, leg.sdp_session = rtp_port, self.rng.randrange(1, 2**31)
         leg.sdp_version = leg.sdp_session
         leg.local_sdp = offer_sdp(self.contact.host, rtp_port, leg.sdp_session)

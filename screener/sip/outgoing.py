@@ -9,7 +9,7 @@ response) and then goes. `SipCore` drives it; nothing here sends, sleeps or read
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from screener.sip.dialogs import AnswerPlan, local_sdp
 from screener.sip.message import Message, ParseError, name_addr, parse_uri
@@ -51,9 +51,8 @@ LEG: dict[tuple[LState, LEvent], LState] = {
 }
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """Digest credentials for a challenged INVITE (and the leg's BYE)."""
+class Credentials(NamedTuple):
+    """Digest credentials for a challenged INVITE (and the leg's BYE); a plain (user, password) tuple works too."""
 
     user: str
     password: str

@@ -99,7 +99,7 @@ class CallControl(Protocol):
     def decline(self, key: str, code: int) -> bool: ...
     def answer(self, key: str) -> bool: ...
     def hangup(self, key: str) -> None: ...
-    def dial(self, target: str, *, from_user: str, display: str, credentials: Credentials | None = None,
+    def dial(self, target: str, *, from_user: str, display: str, credentials: tuple[str, str] | None = None,
              parent: Call | None = None) -> Leg: ...
 
 
@@ -193,6 +193,18 @@ class _Party:
                 return True
         return False
 
+    def play_background(self, pcm: bytes) -> None:
+        """Queue 8 kHz 16-bit mono PCM and return at once (the ringback while the house rings)."""
+        media = self.media
+        if media is not None and not self.ended:
+            media.play(pcm)
+
+    def stop_playback(self) -> None:
+        """Drop whatever audio is still queued."""
+        media = self.media
+        if media is not None:
+            media.clear_playback()
+
     def wait_digit(self, timeout: float) -> str | None:
         """The next key pressed (RFC 2833 or SIP INFO), or None after `timeout` or at the end of the call."""
         with self._cv:
@@ -284,7 +296,7 @@ class Call(_Party):
         self._control.hangup(self.key)
 
     def dial(self, target: str, *, from_user: str, display: str,
-             credentials: Credentials | None = None) -> Leg | None:
+             credentials: tuple[str, str] | None = None) -> Leg | None:
         """Place an outgoing call to `target` (a SIP URI) for this caller (ring-through); None when this call is
         over or no RTP port is free. The leg ends with this call's handler at the latest."""
         if self.ended:
@@ -744,7 +756,7 @@ class SipAgent:
 
     # -- outgoing calls (LegControl) --
 
-    def dial(self, target: str, *, from_user: str, display: str, credentials: Credentials | None = None,
+    def dial(self, target: str, *, from_user: str, display: str, credentials: tuple[str, str] | None = None,
              parent: Call | None = None) -> Leg:
         """Place an outgoing call (INVITE) to the SIP URI `target`, From `"display" <sip:from_user@our domain>`.
         A target that cannot be resolved gives a leg that has failed already; OSError when no RTP port is free."""
