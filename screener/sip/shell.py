@@ -86,6 +86,14 @@ class RegStatus:
     expires: int | None = None  # granted expiry while registered
 
 
+class Endable(Protocol):
+    """What Call.bridge needs of the other side: a `Leg`, or a fake in tests."""
+
+    @property
+    def ended(self) -> bool: ...
+    def hangup(self) -> None: ...
+
+
 class LegControl(Protocol):
     """What a `Leg` may ask of the agent, by the leg's key."""
 
@@ -310,10 +318,12 @@ class Call(_Party):
         self.legs.append(leg)
         return leg
 
-    def bridge(self, leg: Leg, max_seconds: float) -> str:
-        """Relay the media of this call and `leg` both ways until one side ends (the other is then ended),
-        `max_seconds` pass, or the agent stops; who ended it: "caller", "household", "timeout", "stopped"."""
-        a, b = self.media, leg.media
+    def bridge(self, leg: Endable, max_seconds: float) -> str:
+        """Relay the media of this call and `leg` (a `Leg` it dialled) both ways until one side ends (the other
+        is then ended), `max_seconds` pass, or the agent stops; who ended it: "caller", "household", "timeout",
+        "stopped"."""
+        party = leg if isinstance(leg, _Party) else None
+        a, b = self.media, party.media if party is not None else None
         if a is not None and b is not None and not self.ended and not leg.ended:
             a.relay_to(b)
             b.relay_to(a)
@@ -321,11 +331,12 @@ class Call(_Party):
         with self._cv:
             while not self.ended and not leg.ended and time.monotonic() < deadline:
                 # a leg of this call shares its condition: either side's end wakes this at once
-                self._cv.wait(min(deadline - time.monotonic(), 1.0) if leg._cv is self._cv else 0.05)
+                shared = party is not None and party._cv is self._cv
+                self._cv.wait(min(deadline - time.monotonic(), 1.0) if shared else 0.05)
         for media in (a, b):
             if media is not None:
                 media.relay_to(None)
-        if "stopped" in (self.end_reason, leg.end_reason):
+        if "stopped" in (self.end_reason, party.end_reason if party is not None else None):
             who = "stopped"
         elif self.ended:
             who = "caller"
