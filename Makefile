@@ -8,9 +8,15 @@ export SCREENER_CONFIG := $(abspath $(CONFIG))
 
 .PHONY: run setup test system-deps bench demo lint clean
 
+# `make run` installs what running needs; the test tools (pytest, playwright, hypothesis, mypy, ruff) and the
+# Debian test packages come with `make test`, `make bench`, `make demo` and `make lint` only.
 $(BIN)/screener: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/screener
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -29,18 +35,18 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-test: system-deps $(BIN)/screener
+test: system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-bench: system-deps $(BIN)/screener
+bench: system-deps $(VENV)/.test-deps
 	$(BIN)/python -m tests.bench
 
-demo: system-deps $(BIN)/screener
+demo: system-deps $(VENV)/.test-deps
 	$(BIN)/python tests/e2e/demo.py
 
-lint: $(BIN)/screener
+lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RATE = 8000
-PROMPT_NAMES = ("challenge", "passed", "failed", "blocked", "voicemail")
+PROMPT_NAMES = ("challenge", "passed", "failed", "blocked", "voicemail", "hold")
+ANNOUNCE_PARTS = ("ask_name", "call_from", "press", "to_talk", "to_voicemail", "to_block", "done")
 SHIPPED = Path(__file__).parent / "prompts"
 KEY_FILES = {"*": "star", "#": "hash"}
 MAX_PROMPT_SECONDS = 300
@@ -115,6 +116,49 @@ def silence(seconds: float) -> bytes:
     return b"\0\0" * int(RATE * seconds)
 
 
+SPEECH_RMS = 200  # the level shell.record also takes for speech; line noise and comfort noise stay below it
+MIN_SPEECH_SECONDS = 0.3
+SILENT_MESSAGE = "silent message"  # a voicemail of silence is not kept: the call's reason says this instead
+
+
+def is_silent(pcm: bytes, rms: int = SPEECH_RMS, min_speech: float = MIN_SPEECH_SECONDS) -> bool:
+    """Whether a recording holds less than `min_speech` seconds of 20 ms frames at speech level: a voicemail
+    of breathing, line noise or a dialler's dead air (what a complaint calls a silent call)."""
+    frame = RATE * 2 // 50
+    need = int(min_speech * 50)
+    loud = 0
+    for i in range(0, len(pcm) - frame + 1, frame):
+        if audioop.rms(pcm[i:i + frame], 2) >= rms:
+            loud += 1
+            if loud >= need:
+                return False
+    return True
+
+
+def ringback(cycles: int = 1, freq: float = 425.0, on: float = 1.0, off: float = 4.0, amp: int = 6000) -> bytes:
+    """The ringing tone a caller hears while the house rings: Italy's 425 Hz, 1 s on, 4 s off."""
+    return (beep(on, freq, amp) + silence(off)) * cycles
+
+
+@dataclass(frozen=True)
+class Announcer:
+    """What the household hears when it answers a ring-through, in the prompts' language."""
+
+    ask_name: bytes
+    call_from: bytes
+    options: bytes  # "Press 1 to talk, press 2 to send it to voicemail, press 9 to block it."
+    done: bytes
+    keys: dict[str, bytes]
+
+    def number(self, digits: str) -> bytes:
+        """A number read digit by digit."""
+        gap = silence(0.08)
+        return gap.join(self.keys[d] for d in digits if d in self.keys)
+
+    def announcement(self, who: bytes) -> bytes:
+        return self.call_from + silence(0.15) + who + silence(0.4) + self.options
+
+
 @dataclass(frozen=True)
 class Prompts:
     """Every prompt of one language, as line PCM, loaded once at start."""
@@ -124,9 +168,22 @@ class Prompts:
     failed: bytes
     blocked: bytes
     voicemail: bytes
+    hold: bytes
+    announcer: Announcer
 
 
-def load_prompts(language: str, digit: str, configured: dict[str, Path | None], custom_dir: Path | None) -> Prompts:
+def load_announcer(language: str, talk: str, voicemail: str, block: str) -> Announcer:
+    """The shipped announcement pieces, the options put together for the configured keys."""
+    part = {name: load_pcm(SHIPPED / f"{name}_{language}.wav") for name in ANNOUNCE_PARTS}
+    keys = {k: load_pcm(SHIPPED / f"key_{KEY_FILES.get(k, k)}_{language}.wav") for k in "0123456789*#"}
+    gap, pause = silence(0.1), silence(0.35)
+    options = pause.join(part["press"] + gap + keys[k] + gap + part[what]
+                         for k, what in ((talk, "to_talk"), (voicemail, "to_voicemail"), (block, "to_block")))
+    return Announcer(part["ask_name"], part["call_from"], options, part["done"], keys)
+
+
+def load_prompts(language: str, digit: str, configured: dict[str, Path | None], custom_dir: Path | None,
+                 ring_keys: tuple[str, str, str] = ("1", "2", "9")) -> Prompts:
     """Configured file > data_dir/prompts/NAME_LANG.wav > the shipped one; the shipped challenge gets the key.
 
     A configured file that cannot be used raises ValueError (the user asked for it); a broken custom file
@@ -150,4 +207,4 @@ def load_prompts(language: str, digit: str, configured: dict[str, Path | None], 
             # the shipped challenge ends with "press the key": the configured key follows it
             key = KEY_FILES.get(digit, digit)
             out[name] += load_pcm(SHIPPED / f"key_{key}_{language}.wav")
-    return Prompts(**out)
+    return Prompts(**out, announcer=load_announcer(language, *ring_keys))

@@ -41,12 +41,13 @@ class Row:
 
     match: dict[str, Any]  # call_id and started_at: what finds the row again after a restart
     id: int | None = None
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # as opened (for the notifications)
 
 
 @dataclass
 class _Op:
     seq: int
-    kind: str  # "open", "close", "allow"
+    kind: str  # "open", "close", "allow" (a list entry: allow or block)
     row: Row | None
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -98,7 +99,7 @@ class CallLog:
 
     def open(self, values: dict[str, Any]) -> Row:
         """Journal a new row (values of store.Call); returns its handle for close()."""
-        row = Row({"m_call_id": values.get("call_id", ""), "m_started_at": values["started_at"]})
+        row = Row({"m_call_id": values.get("call_id", ""), "m_started_at": values["started_at"]}, values=values)
         self._put(_Op(0, "open", row, values))
         return row
 
@@ -109,7 +110,11 @@ class CallLog:
 
     def allow(self, e164: str, label: str) -> None:
         """Journal a verified caller for the allow list (written by the writer like the rows)."""
-        self._put(_Op(0, "allow", None, {"e164": e164, "label": label}))
+        self.put_entry("allow", e164, label, "verified")
+
+    def put_entry(self, list_: str, e164: str, label: str, source: str) -> None:
+        """Journal a number for a list, moving it from another (a caller verified, one the household blocked)."""
+        self._put(_Op(0, "allow", None, {"e164": e164, "label": label, "list": list_, "source": source}))
 
     def _put(self, op: _Op) -> None:
         line = self._line(op)
@@ -218,7 +223,11 @@ class CallLog:
         hit = values.pop("$hit", None)
         if op.kind == "allow":
             with Session(bind=c) as s:
-                store.put_entry(s, "allow", values["e164"], label=values["label"], source="verified")
+                list_, source = values.get("list", "allow"), values.get("source", "verified")
+                try:  # an entry the user made keeps its label and time window
+                    store.add_entry(s, list_, values["e164"], label=values["label"], source=source)
+                except store.EntryConflict:
+                    store.add_entry(s, list_, values["e164"], source=source)
             return
         row = op.row
         assert row is not None

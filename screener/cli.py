@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import getpass
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -63,8 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--days", help="e.g. mon-fri, sat,sun")
     add.add_argument("--from", dest="time_from", metavar="HH:MM")
     add.add_argument("--to", dest="time_to", metavar="HH:MM")
+    add.add_argument("--replace", action="store_true",
+                     help="replace the label and time window of an entry the pattern already has")
+    add.add_argument("--force", action="store_true",
+                     help="add a prefix that covers a whole country or network (fewer than 3 national digits)")
     rm = ls.add_parser("remove", help="remove a pattern from its list")
     rm.add_argument("pattern")
+    for name, what in (("disable", "switch an entry off without deleting it"), ("enable", "switch an entry on")):
+        ls.add_parser(name, help=what).add_argument("pattern")
     show = ls.add_parser("show", help="print the lists")
     show.add_argument("--json", action="store_true")
     imp = ls.add_parser("import", help="import a CSV file into a list")
@@ -87,17 +95,30 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--line", default="", help="the line that received the calls, for calls that did not record it")
     ev.add_argument("--json", action="store_true")
 
+    cs = sub.add_parser("config", help="change the config file (its comments stay)").add_subparsers(
+        dest="config_command", required=True)
+    cset = cs.add_parser("set", help="set settings, e.g. sip.server=fritz.box screening.presets=it")
+    cset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+
     user = sub.add_parser("user", help="dashboard users").add_subparsers(dest="user_command", required=True)
     ua = user.add_parser("add", help="add a user or set a user's password")
     ua.add_argument("name")
-    ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    pw = ua.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    pw.add_argument("--password-file", metavar="FILE", help="read the password from the first line of FILE")
 
     sub.add_parser("status", help="the SIP registration state")
+    sub.add_parser("notify-test", help="send a test notification to every [notify] URL now")
+    bk = sub.add_parser("backup", help="a consistent copy of the database, also while screener runs")
+    bk.add_argument("file")
+    rs = sub.add_parser("restore", help="put a backup in place of the database (screener must be stopped)")
+    rs.add_argument("file")
     sub.add_parser("run", help="run the SIP service and the dashboard")
     web = sub.add_parser("web", help="run the dashboard alone")
     web.add_argument("--nice", type=int, default=0, metavar="N",
                      help="lower its CPU priority by N (screener run starts it with 10: the line comes first)")
     web.add_argument("--parent", type=int, default=0, metavar="PID", help=argparse.SUPPRESS)
+    web.add_argument("--report-fd", type=int, default=0, metavar="FD", help=argparse.SUPPRESS)
     return p
 
 
@@ -143,6 +164,8 @@ def _write_out(file: str, text: str) -> bool:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from screener import presets
+
     path = Path(args.config) if args.config else config_mod.default_path()
     if not path.exists():
         if not EXAMPLE_CONFIG.exists():
@@ -152,8 +175,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg = config_mod.load(path)
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     st = _store(cfg)
-    for name in cfg.screening.presets:
-        _apply_preset(st, name)
+    with st.write() as s:
+        applied = presets.apply_configured(s, cfg.screening.presets)
+    for a in applied:
+        print(_preset_line(a))
     print(f"database ready: {_safe_url(cfg.database_url)}")
     return 0
 
@@ -178,6 +203,9 @@ def lookup(cfg: Config, st: Any, number: str, at: datetime) -> dict[str, Any]:
 
     sc = cfg.screening
     caller = parse_caller(number, sc.region)
+    if caller.e164 is None and not caller.withheld and not caller.internal:
+        raise CliError(f"not a phone number: {number!r} (e.g. 0212345678, +390212345678, anonymous for a "
+                       "withheld caller, **9 for an internal call)")
     rules = st.ruleset(caller, region=sc.region, tz=ZoneInfo(sc.timezone), default=sc.default_action)
     d = decide(caller, rules, at)
     return {"input": number, "e164": caller.e164, "withheld": caller.withheld, "internal": caller.internal,
@@ -200,38 +228,66 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_preset(st: Any, name: str) -> int:
-    from screener import store
-    from screener.presets import PRESETS
+def _preset_line(a: Any) -> str:
+    return f"preset {a.name}: {a.added} entries added" + (
+        f", {a.kept} already had an entry and stay as they are" if a.kept else "")
 
-    preset = PRESETS.get(name)
-    if preset is None:
-        raise CliError(f"no preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    with st.write() as s:
-        for e in preset.entries:
-            store.put_entry(s, e.list, e.pattern, label=e.label, source=f"preset:{name}")
-    return len(preset.entries)
+
+def _entry_text(pattern: str, before: Any) -> str:
+    """"+390212345678 on the allow list as "mum", mon-fri 09:00-18:00" (switched off)"."""
+    return (f"{pattern} on the {before.list} list" + (f' as "{before.label}"' if before.label else "")
+            + (f", {before.window}" if before.window else "") + ("" if before.enabled else " (switched off)"))
+
+
+def _list_add(st: Any, args: argparse.Namespace, region: str) -> int:
+    from screener import store
+    from screener.rules import make_window, normalize_pattern, wide_prefix
+
+    try:
+        pattern = normalize_pattern(args.pattern, region)
+        window = make_window(args.days, args.time_from, args.time_to)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    wide = wide_prefix(pattern)
+    if wide is not None and not args.force:
+        raise CliError(f"{pattern} covers {wide}: add --force if you mean it", 1)
+    try:
+        with st.write() as s:
+            added = store.add_entry(s, args.list, pattern, label=args.label, window=window, replace=args.replace)
+            entry_window, before = added.entry.window, added.before
+    except store.EntryConflict as e:
+        raise CliError(f"{_entry_text(pattern, e.before)}: nothing changed; add --replace to replace its label "
+                       "and time window, or leave out --label/--days/--from/--to to keep them", 1) from None
+    if before is not None:
+        kept = " (kept its label and time window)" if added.kept and not args.replace else ""
+        print(f"was: {_entry_text(pattern, before)}" + kept)
+    print(f"{pattern} is on the {args.list} list" + (f" ({entry_window})" if entry_window else ""))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from screener import csvio, store
-    from screener.rules import make_window, normalize_pattern
+    from screener import csvio, presets, store
+    from screener.rules import normalize_pattern
 
     cfg = _load(args)
     st = _store(cfg)
     region = cfg.screening.region
     sub = args.list_command
     if sub == "add":
+        return _list_add(st, args, region)
+    if sub in ("enable", "disable"):
         try:
             pattern = normalize_pattern(args.pattern, region)
-            window = make_window(args.days, args.time_from, args.time_to)
         except ValueError as e:
             raise CliError(str(e)) from None
         with st.write() as s:
-            store.put_entry(s, args.list, pattern, label=args.label, window=window)
-        print(f"{pattern} is on the {args.list} list" + (f" ({window})" if window else ""))
+            entry = store.set_enabled(s, pattern, sub == "enable")
+            if entry is None:
+                raise CliError(f"{pattern} is on no list", 1)
+            which = entry.list
+        print(f"{pattern} on the {which} list is switched {'on' if sub == 'enable' else 'off'}")
         return 0
     if sub == "remove":
         try:
@@ -249,11 +305,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             keys = csvio.EXPORT_COLUMNS
             print(json.dumps([dict(zip(keys, csvio.entry_row(e), strict=True)) for e in entries], ensure_ascii=False))
+        elif not entries:
+            print("the lists are empty: add a number with `screener list add block NUMBER`, or a preset with "
+                  "`screener list preset it`")
         else:
             for entry in entries:
                 w = entry.window
                 print(f"{entry.list:6} {entry.pattern:20} {entry.label}" + (f"  [{w}]" if w else "")
-                      + f"  ({entry.source}, {entry.hit_count} hits)")
+                      + f"  ({entry.source}, {entry.hit_count} hits)" + ("" if entry.enabled else "  OFF"))
         return 0
     if sub == "import":
         try:
@@ -262,17 +321,25 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise CliError(f"{args.file}: {e.strerror}", 1) from None
         # parsing 100,000 numbers is seconds of CPU: a running service's calls come first
         with _lower_priority(IMPORT_NICE):
-            report = csvio.parse_csv(data, region)
+            try:
+                report = csvio.parse_csv(data, region)
+            except csvio.UnreadableFile as e:
+                raise CliError(f"{args.file}: {e}", 1) from None
             # the same batched import as the dashboard: a running service's call rows never wait for it long
             res = csvio.import_rows(st, args.list, report.rows, source="import")
-        for line, reason in report.errors:
+        lines = sorted([*report.errors, *((report.lines[p], f"{p} is on the allow list: left there (an import "
+                                           "never moves an allowed number)") for p in res.skipped),
+                        *((line, str(note)) for line, note in report.notes)])
+        for line, reason in lines:
             print(f"{args.file}:{line}: {reason}", file=sys.stderr)
         if res.error:
             print(f"{args.file}: the import stopped after {res.imported} of {res.total} entries: {res.error}",
                   file=sys.stderr)
         print(f"imported {res.imported} entries into the {args.list} list"
-              + (f"; {len(report.errors)} bad rows skipped" if report.errors else ""))
-        return 1 if report.errors or res.error else 0
+              + (f"; {len(report.errors)} bad rows skipped" if report.errors else "")
+              + (f"; {len(res.skipped)} allowed numbers left on the allow list" if res.skipped else "")
+              + (f"; {len(report.notes)} rows to check" if report.notes else ""))
+        return 1 if report.errors or res.error or res.skipped else 0
     if sub == "export":
         with st.read() as s:
             entries = s.scalars(select(store.ListEntry).order_by(store.ListEntry.list, store.ListEntry.pattern))
@@ -280,8 +347,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         _write_out(args.file, text)
         return 0
     if sub == "preset":
-        n = _apply_preset(st, args.name)
-        print(f"preset {args.name}: {n} entries applied")
+        if args.name not in presets.PRESETS:
+            raise CliError(f"no preset {args.name!r}; known: {', '.join(sorted(presets.PRESETS))}")
+        with st.write() as s:
+            print(_preset_line(presets.apply(s, args.name)))
         return 0
     raise AssertionError(sub)
 
@@ -293,7 +362,7 @@ def call_dict(c: Any, tz: ZoneInfo) -> dict[str, Any]:
             "call_id": c.call_id, "caller_raw": c.caller_raw, "e164": c.e164, "name": c.name,
             "withheld": c.withheld, "type": c.number_type, "called_line": c.called_line,
             "decision": c.decision, "outcome": c.outcome, "rule": c.rule, "reason": c.reason,
-            "digits": c.digits, "duration_s": c.duration_s, "voicemail": c.voicemail_path}
+            "digits": c.digits, "duration_s": c.duration_s, "talk_s": c.talk_s, "voicemail": c.voicemail_path}
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
@@ -306,9 +375,13 @@ def cmd_calls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
+    if not rows:
+        print("no calls logged yet")
     for r in rows:
         who = r["e164"] or ("withheld" if r["withheld"] else r["caller_raw"] or "?")
         dur = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        if r["talk_s"] is not None:
+            dur += f" (talk {r['talk_s']:.0f}s)"
         print(f"{r['started_at'][:19]}  {who:16} {r['name'][:20]:20} {r['decision']:6} "
               f"{r['outcome'] or 'in progress':18} {dur:>5}  {r['reason']}")
     return 0
@@ -356,28 +429,84 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-    from werkzeug.security import generate_password_hash
-
-    from screener import store
+    from screener import users
 
     cfg = _load(args)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"{args.password_file}: {e.strerror if isinstance(e, OSError) else 'not UTF-8'}"
+                           ) from None
     else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if password != getpass.getpass("again: "):
-            raise CliError("the passwords differ", 1)
-    if len(password) < 8:
-        raise CliError("the password must have at least 8 characters", 1)
-    with _store(cfg).write() as s:
-        u = s.scalar(select(store.User).where(store.User.login == args.name))
-        if u is None:
-            u = store.User(login=args.name, password_hash="")
-            s.add(u)
-        u.password_hash = generate_password_hash(password, method="scrypt")
+        password = _ask_password(args.name)
+    try:
+        with _store(cfg).write() as s:
+            users.save_user(s, args.name, password)
+    except users.UserError as e:
+        raise CliError(str(e), 1) from None
+    users.clear_code(cfg.data_path)
     print(f"user {args.name} saved")
     return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from screener import config_edit
+
+    path = Path(args.config) if args.config else config_mod.default_path()
+    changes = {}
+    try:
+        for item in args.assignments:
+            key, eq, text = item.partition("=")
+            if not eq:
+                raise CliError(f"{item!r}: write KEY=VALUE, e.g. sip.server=fritz.box")
+            changes[key.strip()] = config_edit.coerce(key.strip(), text)
+        config_edit.edit(path, changes, template=EXAMPLE_CONFIG)
+    except config_edit.EditError as e:
+        raise CliError(f"{path}: {e}") from None
+    print(f"{path}: {', '.join(changes)} saved (a running screener applies it within a second)")
+    return 0
+
+
+def _dashboard_notice(cfg: Config) -> None:
+    """What `run` and `web` print at start besides the dashboard's address (printed once it is bound): a
+    missing SIP account, the setup code."""
+    from screener import users
+
+    host = cfg.web.host if cfg.web.host not in ("0.0.0.0", "::", "") else "THIS-MACHINE"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{cfg.web.port}/"
+    if cfg.sip.missing:
+        print(f"SIP: not configured yet (sip.{cfg.sip.missing} is empty): the service waits; set up the line on "
+              f"{url}setup", flush=True)
+    with _store(cfg).read() as s:
+        need_user = not users.has_users(s)
+    if need_user:
+        code = users.issue_code(cfg.data_path)
+        print(f"no dashboard user yet: open {url} and enter the setup code {users.show_code(code)}", flush=True)
+    else:
+        users.clear_code(cfg.data_path)
+
+
+NO_TERMINAL = ("no terminal to ask for the password: give it with --password-file FILE, or on standard input "
+               "with --password-stdin")
+
+
+def _ask_password(name: str) -> str:
+    """The password typed twice at the terminal; a CliError saying how else to give it when there is none."""
+    if not sys.stdin.isatty():
+        # getpass would fall back to reading standard input with a warning, or fail at its end
+        raise CliError(NO_TERMINAL)
+    try:
+        password = getpass.getpass(f"password for {name}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise CliError(NO_TERMINAL) from None
+    if password != again:
+        raise CliError("the passwords differ", 1)
+    return password
 
 
 def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
@@ -388,6 +517,9 @@ def _status_lines(st: Any, h: Any, tz: ZoneInfo) -> list[str]:
 
     if h.state == "never":
         return ["not running: the SIP service has not run yet"]
+    if h.running and st.state == "not_configured":
+        return [f"running, not configured since {at(st.since)}: {st.last_error or '[sip] is incomplete'}; set up "
+                "the line on the dashboard's setup page (/setup) or in the config file"]
     if h.state == "stopped":
         lines = [f"not running: stopped since {at(st.since)}"]
     elif h.state == "stale":
@@ -434,22 +566,117 @@ def cmd_status(args: argparse.Namespace) -> int:
     return h.exit_code
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from screener import notify
+
+    cfg = _load(args)
+    if not cfg.notify.urls:
+        raise CliError(f"{cfg.path}: notify.urls is empty: add a notification URL (see config.example.toml)", 1)
+    results = notify.send_test(cfg)
+    for r in results:
+        print(f"{r.url}: {'sent' if not r.error else 'failed: ' + r.error}")
+    return 0 if all(not r.error for r in results) else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from screener import housekeeping
+
+    cfg = _load(args)
+    try:
+        if housekeeping.sqlite_file(cfg) is None:
+            print("PostgreSQL: back it up with pg_dump (screener does not run it for you):")
+            print("  " + housekeeping.pg_commands(cfg, args.file)[0])
+            return 1
+        # the service's calls come first: the copy runs only on CPU time nothing else wants
+        res = _on_idle_thread(lambda: housekeeping.backup(cfg, Path(args.file)))
+    except housekeeping.HousekeepingError as e:
+        raise CliError(str(e), 1) from None
+    print(f"backup written: {res.path} ({res.size / 1e6:.1f} MB, {res.calls} calls) in {res.seconds:.1f} s; "
+          f"voicemails are files in {cfg.data_path / 'voicemail'}: copy that folder too")
+    return 0
+
+
+def _on_idle_thread(work: Any) -> Any:
+    """work() on a thread that gets the CPU only when nothing else wants it (Linux SCHED_IDLE, else nice 19;
+    both apply to the calling thread only, so the caller's priority is untouched)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+        try:
+            box["value"] = work()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="backup")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from screener import housekeeping
+
+    cfg = _load(args)
+    try:
+        if housekeeping.sqlite_file(cfg) is None:
+            print("PostgreSQL: restore a pg_dump file with pg_restore (screener stopped):")
+            print("  " + housekeeping.pg_commands(cfg, args.file)[1])
+            return 1
+        kept = housekeeping.restore(cfg, Path(args.file))
+    except housekeeping.HousekeepingError as e:
+        raise CliError(str(e), 1) from None
+    _store(cfg).dispose()  # an older backup is brought to the current schema
+    print(f"restored {args.file}" + (f"; the previous database is kept in {kept}" if kept else ""))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from screener.service import run_service
 
     cfg = _load(args)
-    if not (cfg.sip.server and cfg.sip.username and cfg.sip.password):
-        missing = next(k for k, v in (("server", cfg.sip.server), ("username", cfg.sip.username),
-                                      ("password", cfg.sip.password)) if not v)
-        raise CliError(f"{cfg.path}: sip.{missing} is empty: fill in [sip] (see README, "
-                       "\"Attaching screener to your line\") before `screener run`")
-    _store(cfg).dispose()
+    status = _in_child(lambda: _prepare_run(cfg))
+    if status:
+        return status
     # the composition root: the service never imports the dashboard; the CLI starts both
     dashboard = WebProcess(cfg)
     try:
-        return run_service(cfg, on_started=lambda _service: dashboard.start())
+        status = run_service(cfg, on_started=lambda service: dashboard.start(on_fatal=service.request_stop))
     finally:
         dashboard.stop()
+    if dashboard.error:
+        raise CliError(dashboard.error)  # `run` does not go on without its dashboard
+    return status
+
+
+def _prepare_run(cfg: Config) -> int:
+    _store(cfg).dispose()
+    return 0
+
+
+def _in_child(fn: Callable[[], int]) -> int:
+    """Run `fn` in a forked child; its exit status (its message printed by it).
+
+    `run` brings the schema up to date this way: alembic and the migration scripts (6 MiB) then never enter
+    the long-running service's memory.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _reporting(fn)
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @contextmanager
@@ -490,6 +717,10 @@ class WebProcess:
     In the service's process its requests held the interpreter lock the SIP side needs: a 100,000-row import
     parsing (30 s of Python) or a page being rendered added ~110 ms to a blocked caller's 603 (p99). Its own
     process also keeps Flask, Jinja and the dashboard's memory out of the service.
+
+    A child that cannot serve (its port in use, its config broken) exits 2 and writes its one-line error to a
+    pipe: on the first start that stops `screener run` with that line (`error`); later, while the line is
+    being screened, it is logged and the child started again.
     """
 
     RESTART_DELAY_S = 5.0
@@ -498,30 +729,48 @@ class WebProcess:
         # on 2 cores a dashboard import at full speed delayed the 603s by the scheduler alone: it yields
         self.argv = [sys.executable, "-m", "screener", "--config", str(cfg.path), "web", "--nice", str(WEB_NICE),
                      "--parent", str(os.getpid())]
+        self.error = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._on_fatal: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, on_fatal: Callable[[], None] | None = None) -> None:
+        self._on_fatal = on_fatal
         self._thread = threading.Thread(target=self._supervise, name="web-supervisor", daemon=True)
         self._thread.start()
 
     def _supervise(self) -> None:
+        log = logging.getLogger("screener")
+        first = True
         while not self._stopping.is_set():
             with self._lock:  # stop() either sees this process or keeps it from starting
                 if self._stopping.is_set():
                     return
+                report_r, report_w = os.pipe()
                 try:
-                    self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+                    self._proc = subprocess.Popen([*self.argv, "--report-fd", str(report_w)], pass_fds=(report_w,),
+                                                  stdin=subprocess.DEVNULL)
                 except OSError as e:
-                    logging.getLogger("screener").error("screener: cannot start the dashboard: %s", e)
+                    os.close(report_r)
+                    log.error("screener: cannot start the dashboard: %s", e)
                     return
+                finally:
+                    os.close(report_w)
             code = self._proc.wait()
+            report = _read_report(report_r)
             if self._stopping.wait(0):
                 return
-            logging.getLogger("screener").error("screener: the dashboard exited with %s: restarting in %.0f s",
-                                                code, self.RESTART_DELAY_S)
+            if first and code == EXIT_USAGE:
+                self.error = report or "the dashboard could not start"
+                log.info("screener: the dashboard could not start: stopping")
+                if self._on_fatal is not None:
+                    self._on_fatal()
+                return
+            first = False
+            log.error("screener: the dashboard exited with %s%s: restarting in %.0f s", code,
+                      f" ({report})" if report else "", self.RESTART_DELAY_S)
             self._stopping.wait(self.RESTART_DELAY_S)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -539,7 +788,50 @@ class WebProcess:
             self._thread.join(1.0)
 
 
+def _read_report(fd: int) -> str:
+    """What a dashboard child wrote to its report pipe (its one-line error), closing the pipe."""
+    try:
+        os.set_blocking(fd, False)  # the child has exited; nothing else holds the pipe's other end
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+EXIT_USAGE = 2
+
+
+def bind_error(cfg: Config, e: OSError) -> CliError:
+    """Why the dashboard cannot listen on [web] host:port, naming the key to change."""
+    where, host, port = cfg.path, cfg.web.host, cfg.web.port
+    if e.errno == errno.EADDRINUSE:
+        return CliError(f"{where}: web.port {port} is in use on {host} (another screener, or another program): "
+                        "stop it, or choose another [web] port")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return CliError(f"{where}: web.host {host} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 "
+                        "for every address")
+    if e.errno == errno.EACCES:
+        return CliError(f"{where}: web.port {port} is below 1024, which only root may use: choose another, "
+                        "e.g. 8080")
+    if isinstance(e, socket.gaierror):
+        return CliError(f"{where}: web.host {host} is not a known host name or address: use 127.0.0.1, or "
+                        "0.0.0.0 for every address")
+    return CliError(f"{where}: cannot listen on {host}:{port} ([web] host, port): {e.strerror or e}")
+
+
 def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        return _web(args)
+    except (ConfigError, CliError) as e:
+        if not args.report_fd:
+            raise
+        # under `screener run`: the parent prints the line and stops
+        os.write(args.report_fd, str(e).encode("utf-8", "replace"))
+        return EXIT_USAGE
+
+
+def _web(args: argparse.Namespace) -> int:
     import web
 
     cfg = _load(args)
@@ -548,18 +840,34 @@ def cmd_web(args: argparse.Namespace) -> int:
         return 0
     if args.nice:
         os.nice(args.nice)
-    web.serve(cfg)
+    try:
+        server = web.make_server(cfg, threads=web.SERVE_THREADS)
+    except OSError as e:
+        raise bind_error(cfg, e) from None
+    if args.report_fd:
+        os.close(args.report_fd)  # it serves: what happens later is not a start-up failure
+        args.report_fd = 0
+    print(f"dashboard: {web.url(cfg.web.host, cfg.web.port)}", flush=True)
+    _dashboard_notice(cfg)  # the setup code; without a SIP account the service waits as "not configured"
+    web.run_server(server)
     return 0
 
 
 COMMANDS = {"init": cmd_init, "db": cmd_db, "lookup": cmd_lookup, "list": cmd_list, "calls": cmd_calls,
-            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web}
+            "evidence": cmd_evidence, "user": cmd_user, "status": cmd_status, "run": cmd_run, "web": cmd_web,
+            "config": cmd_config,
+            "notify-test": cmd_notify_test, "backup": cmd_backup, "restore": cmd_restore}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return _reporting(lambda: COMMANDS[args.command](args))
+
+
+def _reporting(fn: Callable[[], int]) -> int:
+    """Run a command; a user's mistake or a database that cannot be reached is one line and an exit status."""
     try:
-        return COMMANDS[args.command](args)
+        return fn()
     except (ConfigError, CliError) as e:
         print(f"screener: {e}", file=sys.stderr)
         return e.status if isinstance(e, CliError) else 2

@@ -14,12 +14,13 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any, Protocol
 
+from screener.audio import SILENT_MESSAGE
 from screener.csvio import neutralise, writer
 from screener.numbers import parse_caller
 
 FIELDS = ("local_time", "utc_time", "line", "caller_raw", "e164", "withheld", "name", "call_id", "from_raw",
-          "pai_raw", "decision", "outcome", "rule", "reason", "duration_s", "digits", "voicemail",
-          "outside_code_hours")
+          "pai_raw", "decision", "outcome", "rule", "reason", "duration_s", "talk_s", "digits", "voicemail",
+          "silent_message", "outside_code_hours")
 # (first, last) allowed minute per weekday, Monday = 0; Sunday has none
 CODE_HOURS: dict[int, tuple[time, time]] = {
     **{d: (time(9, 0), time(20, 0)) for d in range(5)},
@@ -45,6 +46,7 @@ class CallLike(Protocol):
     outcome: str | None
     digits: str
     duration_s: float | None
+    talk_s: float | None
     voicemail_path: str | None
 
 
@@ -128,8 +130,10 @@ def evidence_rows(calls: Iterable[CallLike], tz: tzinfo, line: str | None) -> li
             "rule": c.rule,
             "reason": c.reason,
             "duration_s": round(c.duration_s, 1) if c.duration_s is not None else None,
+            "talk_s": round(c.talk_s, 1) if c.talk_s is not None else None,
             "digits": c.digits,
             "voicemail": bool(c.voicemail_path),
+            "silent_message": SILENT_MESSAGE in c.reason.split("; "),
             "outside_code_hours": outside_code_hours(local),
         })
     return rows

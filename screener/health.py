@@ -27,6 +27,8 @@ log = logging.getLogger("screener.health")
 INTERVAL = 5.0
 STALE_AFTER = 3 * INTERVAL  # three missed beats: the service is gone (killed, hung, machine off)
 
+NOT_CONFIGURED = "not_configured"  # the service runs and waits for a SIP account (the dashboard's setup page)
+
 # `screener status` exit codes (LSB init-script style, for monitoring)
 EXIT_REGISTERED = 0
 EXIT_NOT_REGISTERED = 1  # running, registration not (yet) done or failing
@@ -48,7 +50,7 @@ class Untrusted:
 class Snapshot:
     """What one beat writes."""
 
-    state: str  # the agent's registration state: registering, registered, failed, unregistered
+    state: str  # the agent's registration state: registering, registered, failed, unregistered; not_configured
     error: str = ""
     since: datetime | None = None  # when the state began (None: now)
     untrusted: Untrusted = field(default_factory=Untrusted)

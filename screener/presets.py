@@ -1,8 +1,14 @@
-"""Rule presets as data, each entry with the public source it comes from."""
+"""Rule presets as data, each entry with the public source it comes from, and the one way to apply them
+(the CLI, `init` and the dashboard all call apply()/apply_configured())."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,47 @@ PRESETS: dict[str, Preset] = {
         tuple(PresetEntry("block", f"+33{r}*", f"telemarketing range 0{r}", _ARCEP) for r in _FR_RANGES),
     ),
 }
+
+
+@dataclass(frozen=True)
+class Applied:
+    name: str
+    added: int  # entries put on a list
+    kept: int  # patterns that already had an entry: left exactly as they were
+
+
+def source_of(name: str) -> str:
+    return f"preset:{name}"
+
+
+def apply(session: Session, name: str) -> Applied:
+    """Fill in the entries of preset `name` that are missing; an existing entry (the user's choice, or one
+    switched off) stays as it is. Records the preset as applied. Raises KeyError for an unknown name."""
+    from sqlalchemy import select
+
+    from screener.store import AppliedPreset, ListEntry, put_entry, utcnow
+
+    preset = PRESETS[name]
+    patterns = [e.pattern for e in preset.entries]
+    existing = set(session.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_(patterns))))
+    for e in preset.entries:
+        if e.pattern not in existing:
+            put_entry(session, e.list, e.pattern, label=e.label, source=source_of(name))
+    row = session.get(AppliedPreset, name)
+    if row is None:
+        session.add(AppliedPreset(name=name, applied_at=utcnow()))
+    else:
+        row.applied_at = utcnow()
+    session.flush()
+    return Applied(name, len(patterns) - len(existing), len(existing))
+
+
+def apply_configured(session: Session, names: Iterable[str]) -> list[Applied]:
+    """Apply the configured presets that were never applied to this database: a start (`init` runs before
+    every `make run`) never puts back what the user removed or changed."""
+    from sqlalchemy import select
+
+    from screener.store import AppliedPreset
+
+    done = set(session.scalars(select(AppliedPreset.name)))
+    return [apply(session, n) for n in names if n not in done]

@@ -140,6 +140,36 @@ def normalize_pattern(text: str, region: str) -> str:
     return caller.e164
 
 
+WIDE_NATIONAL_DIGITS = 3  # a prefix with fewer national digits covers a country or a whole network
+
+
+@dataclass(frozen=True)
+class WidePrefix:
+    """What a too-wide prefix covers: the country code ("" when it is shorter than one) and the digits after."""
+
+    country_code: str
+    national: str
+
+    def __str__(self) -> str:
+        if not self.country_code:
+            return "numbers of several countries"
+        return f"every number of +{self.country_code}" + (f" starting with {self.national}" if self.national else "")
+
+
+def wide_prefix(pattern: str) -> WidePrefix | None:
+    """For a canonical prefix that covers a whole country or network (`+39*`, `+390*`, `+393*`: fewer than 3
+    digits after the country code), what it covers; None for a narrower pattern."""
+    if not pattern.endswith("*") or not pattern.startswith("+"):
+        return None
+    digits = pattern[1:-1]
+    cc = next((digits[:n] for n in (1, 2, 3) if len(digits) >= n
+               and phonenumbers.region_code_for_country_code(int(digits[:n])) != phonenumbers.UNKNOWN_REGION), None)
+    if cc is None:
+        return WidePrefix("", digits) if len(digits) <= 3 else None
+    national = digits[len(cc):]
+    return WidePrefix(cc, national) if len(national) < WIDE_NATIONAL_DIGITS else None
+
+
 def _prefix_to_e164(digits: str, region: str) -> str:
     if digits.startswith("+"):
         return digits

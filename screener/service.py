@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import re
 import signal
 import threading
@@ -22,9 +23,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, func, select, text
 
-from screener import audio, health, store
+from screener import audio, health, housekeeping, store
 from screener.calllog import CallLog, Row
 from screener.config import Config
+from screener.notify import Notifier
 from screener.numbers import Caller, parse_caller
 from screener.rules import Decision, Rule, RuleSet, candidate_patterns, decide
 
@@ -35,7 +37,11 @@ MIN_VOICEMAIL_S = 1.0  # shorter recordings are not kept
 JOURNAL_NAME = "calls.journal"  # in the data folder (see screener.calllog)
 SNAPSHOT_MAX = 20_000  # list entries kept in memory for deciding while the database is away
 RECENT_MAX = 1024
+NAME_MAX_S, NAME_SILENCE_S = 4.0, 1.5  # the caller's name for the announcement
+ANNOUNCE_WAIT_S, KEY_POLL_S = 8.0, 0.5  # the household's time to press a key after each announcement
+ANNOUNCE_BUDGET_S = 40.0  # ringback queued beyond the ringing: the announcement, twice, and its waits
 RING_LIMIT_MARGIN_S = 30.0  # the SIP side ends a ringing call itself this long after max_ring_time (a stuck handler)
+SIP_CHANGE_WAIT_S = 60.0  # a [sip] change waits this long at most for the calls in progress to end
 
 
 class CallInfo(Protocol):
@@ -63,6 +69,22 @@ class CallInfo(Protocol):
         ...
 
 
+class HouseLeg(Protocol):
+    """The call screener places to the household (ring-through): screener.sip.Leg, or a fake in tests."""
+
+    final_code: int | None
+
+    @property
+    def ended(self) -> bool: ...
+    def wait_answered(self, timeout: float) -> str:
+        """"answered", "busy", "declined", "failed", "caller_gone", or "no_answer" (then it is cancelled)."""
+        ...
+    def cancel(self) -> None: ...
+    def hangup(self) -> None: ...
+    def play(self, pcm: bytes, *, until_digit: bool = False) -> bool: ...
+    def wait_digit(self, timeout: float) -> str | None: ...
+
+
 class LineCall(Protocol):
     """What the handler needs of a call: screener.sip.Call, or a fake in tests."""
 
@@ -81,6 +103,18 @@ class LineCall(Protocol):
     def wait_digit(self, timeout: float) -> str | None: ...
     def record(self, max_seconds: float, silence_seconds: float = 5.0) -> bytes: ...
     def wait_ended(self, timeout: float | None = None) -> bool: ...
+    def play_background(self, pcm: bytes) -> None:
+        """Queue audio and return at once (the ringback while the house rings)."""
+        ...
+    def stop_playback(self) -> None: ...
+    def dial(self, target: str, *, from_user: str, display: str,
+             credentials: tuple[str, str] | None = None) -> HouseLeg | None:
+        """Ring `target` on behalf of this caller; None when this call is over or no media port is free."""
+        ...
+    def bridge(self, leg: HouseLeg, max_seconds: float) -> str:
+        """Relay audio both ways until one side ends, then end the other: "caller", "household", "stopped" or
+        "timeout"."""
+        ...
 
 
 def caller_of(info: CallInfo, region: str) -> Caller:
@@ -132,7 +166,7 @@ class RulesSnapshot:
             fingerprint = tuple(s.execute(_FINGERPRINT).one())
             if fingerprint == self._fingerprint:
                 return
-            got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry))}
+            got = {r.pattern: r.to_rule() for r in s.scalars(select(store.ListEntry).where(store.ListEntry.enabled))}
         with self._lock:
             self._all, self._all_at, self._fingerprint = got, now, fingerprint
 
@@ -154,9 +188,11 @@ class RulesSnapshot:
             return rules
 
 
-# Changes whenever an entry is added, removed, moved to another list or given another time window.
+# Changes whenever an entry is added, removed, moved to another list, given another time window or switched
+# on or off.
 _FINGERPRINT = text(
     "SELECT count(*), coalesce(max(id), 0),"
+    " coalesce(sum(CASE WHEN enabled THEN id ELSE 0 END), 0),"
     " coalesce(sum(id * CASE list WHEN 'block' THEN 2 WHEN 'allow' THEN 3 ELSE 5 END), 0),"
     " coalesce(sum(id * coalesce(days, 255)), 0),"
     " coalesce(sum(id * CAST(replace(coalesce(time_from, '0') || coalesce(time_to, '0'), ':', '') AS BIGINT)), 0)"
@@ -173,6 +209,12 @@ class CallRecord:
     voicemail: Path | None = None
     answered_at: datetime | None = None
     extra_reason: str = ""
+    talk_s: float | None = None
+    house_missed: str = ""  # why the house did not answer a ring-through (for the notification)
+    name: Path | None = None  # the name the caller said for the household (ask_name)
+
+    def note(self, text: str) -> None:
+        self.extra_reason = f"{self.extra_reason}; {text}" if self.extra_reason else text
 
 
 class CallHandler:
@@ -181,6 +223,8 @@ class CallHandler:
     The decision only reads the database; the row goes through the CallLog's journal, so nothing here waits
     for a write. Whatever fails, the call gets a final response and its row an outcome.
     """
+
+    on_closed: Callable[[dict[str, Any]], None] | None = None  # a closed row's values (notifications; never waits)
 
     def __init__(self, cfg: Config, db: store.Store, prompts: audio.Prompts, *,
                  now: Callable[[], datetime] = store.utcnow, calllog: CallLog | None = None) -> None:
@@ -192,12 +236,14 @@ class CallHandler:
             self.log.start()
         self.snapshot = RulesSnapshot()
         self._screening = threading.BoundedSemaphore(self.sc.max_screened_calls)
+        self._bridged = threading.BoundedSemaphore(cfg.ring_through.max_bridged_calls)
         self._active = 0
         self._idle = threading.Condition()
 
     def configure(self, cfg: Config, prompts: audio.Prompts) -> None:
         """Take new [screening] settings and prompts: the next call uses them (SIGHUP)."""
-        self.cfg, self.sc, self.prompts = cfg, cfg.screening, prompts
+        self.cfg, self.sc, self.rt, self.prompts = cfg, cfg.screening, cfg.ring_through, prompts
+        self.gatekeeper = cfg.sip.mode == "gatekeeper"
         self.tz = ZoneInfo(self.sc.timezone)
         self.voicemail_dir = cfg.data_path / "voicemail"
 
@@ -262,6 +308,8 @@ class CallHandler:
                 self._let_ring(call, rec)
             elif decision.action == "screen":
                 self._screen_if_room(call, caller, rec)
+            elif self.gatekeeper and not cannot:
+                self._put_through(call, caller, rec)
             else:
                 self._let_ring(call, rec)
         except Exception as e:
@@ -336,9 +384,15 @@ class CallHandler:
                                       duration_s=round((ended - started).total_seconds(), 3))
         if rec.voicemail is not None:
             values["voicemail_path"] = str(rec.voicemail.relative_to(self.cfg.data_path))
+        if rec.name is not None:
+            values["name_path"] = str(rec.name.relative_to(self.cfg.data_path))
+        if rec.talk_s is not None:
+            values["talk_s"] = round(rec.talk_s, 1)
         if rec.extra_reason:
             values["reason"] = f"{rec.reason}; {rec.extra_reason}" if rec.reason else rec.extra_reason
         self.log.close(row, values, (rule_id, started) if rule_id is not None else None)
+        if self.on_closed is not None:
+            self.on_closed({**row.values, **values, "ring_through": rec.house_missed})
 
     # -- actions --
 
@@ -386,6 +440,10 @@ class CallHandler:
 
     def _screen_if_room(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         if not self._screening.acquire(blocking=False):
+            if self.gatekeeper:  # nothing else rings the house: put it through unscreened
+                rec.note("too many calls screened at once: put through unscreened")
+                self._put_through(call, caller, rec)
+                return
             rec.extra_reason = "too many calls screened at once: left ringing"
             self._let_ring(call, rec)
             if rec.outcome != "interrupted":
@@ -431,28 +489,190 @@ class CallHandler:
 
     def _passed(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
         rec.outcome = "passed"
-        if self.sc.remember_verified and caller.e164:
-            self.log.allow(caller.e164, f"verified {caller.name}".strip()[:200])
         call.play(self.prompts.passed)
+        if self.rt.target and not call.ended:
+            self._ring_through(call, caller, rec)
+        if rec.outcome == "passed":
+            self._voicemail(call, rec)
+        if self.sc.remember_verified and caller.e164 and rec.outcome != "blocked_by_household":
+            self.log.allow(caller.e164, f"verified {caller.name}".strip()[:200])
+        if not call.ended:
+            call.hangup()
+
+    def _voicemail(self, call: LineCall, rec: CallRecord) -> None:
         if self.sc.voicemail and not call.ended:
             call.play(self.prompts.voicemail)
             call.play(audio.beep())
             pcm = call.record(self.sc.voicemail_max_seconds, VOICEMAIL_SILENCE_S)
-            if len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
+            if audio.is_silent(pcm):
+                rec.note(audio.SILENT_MESSAGE)
+            elif len(pcm) >= MIN_VOICEMAIL_S * audio.RATE * 2:
                 rec.voicemail = self._save_voicemail(call.info.call_id, pcm)
-        if not call.ended:
-            call.hangup()
 
-    def _save_voicemail(self, call_id: str, pcm: bytes) -> Path | None:
+    # -- ring-through: a caller who passed reaches the house, which hears who it is and decides --
+
+    def _ring_through(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        """Leaves rec.outcome "passed" (with the reason in the row) when the caller should leave a message."""
+        if not self._bridged.acquire(blocking=False):
+            rec.note("too many calls put through at once: voicemail")
+            return
+        try:
+            name = self._caller_name(call, rec) if self.rt.ask_name else b""
+            if call.ended:
+                rec.outcome = self._hung_up_outcome(call)
+                return
+            call.play(self.prompts.hold)
+            call.play_background(audio.ringback(cycles=int(self.rt.timeout + ANNOUNCE_BUDGET_S) // 5 + 1))
+            leg, _ = self._ring_house(call, caller, rec, self.rt.timeout)
+            if leg is None:
+                call.stop_playback()
+                return
+            choice = self._ask_household(call, leg, caller, name) if self.rt.announce else "talk"
+            if choice == "talk" and not call.ended:
+                self._talk(call, leg, rec)
+                return
+            call.stop_playback()
+            if not leg.ended:
+                leg.play(self.prompts.announcer.done)
+                leg.hangup()
+            if call.ended:
+                rec.outcome = self._hung_up_outcome(call)
+                rec.note("the caller hung up while the household was deciding")
+            elif choice == "block":
+                self._blocked_by_household(call, caller, rec)
+            else:
+                rec.note("the household sent it to voicemail" if choice == "voicemail"
+                         else "the household answered but did not choose")
+        finally:
+            self._bridged.release()
+
+    def _caller_name(self, call: LineCall, rec: CallRecord) -> bytes:
+        """Ask the caller's name for the announcement, keep it with the call like a voicemail."""
+        call.play(self.prompts.announcer.ask_name)
+        call.play(audio.beep())
+        pcm = call.record(NAME_MAX_S, NAME_SILENCE_S)
+        if audio.is_silent(pcm):
+            return b""  # the number is read out instead
+        rec.name = self._save_voicemail(call.info.call_id, pcm, suffix="_name")
+        return pcm
+
+    def _ring_house(self, call: LineCall, caller: Caller, rec: CallRecord,
+                    timeout: float) -> tuple[HouseLeg | None, int]:
+        """Dial the household for this caller: the leg once it answered, else None with the reason noted and
+        the code to give the caller (the house's busy or decline, else 480)."""
+        rt = self.rt
+        label = caller.name or caller.user or "anonymous"
+        display = f"{label} ({rt.marker})" if rt.marker else label
+        credentials = (rt.username or self.cfg.sip.auth_user, rt.password or self.cfg.sip.password) \
+            if rt.username or rt.password else None
+        leg = call.dial(rt.target, from_user=_dialable(caller.user) or "anonymous", display=display[:60],
+                        credentials=credentials)
+        if leg is None:
+            if not call.ended:
+                rec.note("the house could not be rung: no free media port")
+            return None, 480
+        result = leg.wait_answered(timeout)
+        if result == "answered":
+            return leg, 200
+        leg.cancel()
+        if call.ended:
+            rec.outcome = self._hung_up_outcome(call) if rec.answered_at else self._ended_outcome(call)
+            rec.note("the caller hung up while the house rang")
+            return None, 480
+        code = leg.final_code or 0
+        rec.house_missed = _HOUSE_RESULTS.get(result, _HOUSE_RESULTS["failed"]).format(timeout=timeout, code=code)
+        rec.note(rec.house_missed)
+        return None, code if result in ("busy", "declined") and 400 <= code < 700 else 480
+
+    def _ask_household(self, call: LineCall, leg: HouseLeg, caller: Caller, name: bytes) -> str:
+        """Tell the household who calls; its key: "talk", "voicemail", "block", or "" (none, or a side hung up)."""
+        rt, announcer = self.rt, self.prompts.announcer
+        choices = {rt.talk_key: "talk", rt.voicemail_key: "voicemail", rt.block_key: "block"}
+        text = announcer.announcement(name or announcer.number(_dialable(caller.user)))
+        for _ in range(2):
+            leg.play(text, until_digit=True)
+            for _ in range(int(ANNOUNCE_WAIT_S / KEY_POLL_S)):  # the caller may hang up meanwhile
+                if leg.ended or call.ended:
+                    break
+                key = leg.wait_digit(KEY_POLL_S)
+                if key in choices:
+                    return choices[key]
+            if leg.ended or call.ended:
+                return ""
+        return ""
+
+    def _talk(self, call: LineCall, leg: HouseLeg, rec: CallRecord) -> None:
+        call.stop_playback()
+        started = time.monotonic()
+        ended_by = call.bridge(leg, self.rt.max_talk_minutes * 60.0)
+        rec.talk_s = time.monotonic() - started
+        rec.outcome = "connected"
+        rec.note(_BRIDGE_ENDS.get(ended_by, ended_by))
+
+    def _blocked_by_household(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        rec.outcome = "blocked_by_household"
+        if caller.e164:
+            self.log.put_entry("block", caller.e164, f"blocked when it rang {caller.name}".strip()[:200],
+                               "household")
+        else:
+            rec.note("withheld number: nothing to put on the block list")
+        call.play(self.prompts.blocked)
+        call.hangup()
+
+    def _put_through(self, call: LineCall, caller: Caller, rec: CallRecord) -> None:
+        """Gatekeeper mode: ring the house for this caller, who is answered only once the house answers (an
+        unanswered call costs the caller nothing); no announcement."""
+        call.ring()
+        if not self._bridged.acquire(blocking=False):
+            rec.note("too many calls put through at once: voicemail")
+            if call.answer():
+                rec.answered_at = self.now()
+                self._voicemail(call, rec)
+                call.hangup()
+                rec.outcome = "passed"
+            else:
+                rec.outcome = self._ended_outcome(call)
+            return
+        try:
+            leg, code = self._ring_house(call, caller, rec, self.sc.max_ring_time)
+            if leg is None:
+                if not call.ended and call.decline(code):
+                    rec.outcome = "missed"
+                return
+            if not call.answer():  # the caller gave up as the house answered
+                leg.hangup()
+                rec.outcome = self._ended_outcome(call)
+                return
+            rec.answered_at = self.now()
+            self._talk(call, leg, rec)
+        finally:
+            self._bridged.release()
+
+    def _save_voicemail(self, call_id: str, pcm: bytes, suffix: str = "") -> Path | None:
         stamp = self.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         safe = re.sub(r"[^A-Za-z0-9]", "", call_id)[:16] or "call"
-        path = self.voicemail_dir / f"{stamp}_{safe}.wav"
+        path = self.voicemail_dir / f"{stamp}_{safe}{suffix}.wav"
         try:
             audio.write_wav(path, pcm)
         except OSError as e:
             log.error("screener: cannot save voicemail %s: %s", path, e)
             return None
         return path
+
+
+_HOUSE_RESULTS = {
+    "no_answer": "the house did not answer within {timeout:g} s",
+    "busy": "the house was busy ({code})",
+    "declined": "the house declined ({code})",
+    "failed": "the house could not be rung ({code})",
+}
+_BRIDGE_ENDS = {"caller": "the caller hung up", "household": "the household hung up",
+                "timeout": "ended after the longest talk time", "stopped": "ended by a stop"}
+
+
+def _dialable(user: str) -> str:
+    """The caller's number as the line presented it, as a SIP user part and as digits to read out."""
+    return "".join(c for c in user.replace("+", "00") if c in "0123456789*#")
 
 
 def _first_line(e: BaseException) -> str:
@@ -476,7 +696,12 @@ def _configured_prompts(cfg: Config) -> dict[str, Path | None]:
 
 
 class Service:
-    """The running screener: start() binds and registers, stop() unregisters and closes; run() does both."""
+    """The running screener: start() binds and registers, stop() unregisters and closes; run() does both.
+
+    Without a SIP account ([sip] server, username or password empty) it runs all the same, registered nowhere,
+    in the state "not_configured", until the config file gives it one: the file is watched every second, and a
+    [sip] change stops the agent and starts a new one (no restart).
+    """
 
     def __init__(self, cfg: Config, *, db: store.Store | None = None,
                  agent_factory: Callable[..., Any] | None = None) -> None:
@@ -488,14 +713,19 @@ class Service:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._heartbeat: health.Heartbeat | None = None
+        self._config_stamp: tuple[Any, ...] | None = None
+        self._sip_pending_since: float | None = None  # a [sip] change waiting for the calls in progress
+        self._agent_error = ""  # why the last agent could not start (its SIP port taken)
+        self._waiting_since = store.utcnow()
+        self.notifier: Notifier | None = None
+        self._retention: threading.Thread | None = None
+        self._retention_due = 0.0  # monotonic; retention runs at the first loop and then daily
 
     def start(self) -> None:
         """Open the database, recover what the last run left, load prompts, bind the SIP port, register.
 
         Raises ValueError for a prompt that cannot be used and OSError when the SIP port is taken.
         """
-        from screener.sip import SipAgent
-
         cfg = self.cfg
         if self._db is None:
             self._db = store.Store(cfg.database_url)  # the schema is brought up to date by `screener run`
@@ -510,15 +740,63 @@ class Service:
         if not calllog.flush(5.0):
             log.warning("screener: the database does not answer yet: call rows are journalled until it does")
         self.handler = CallHandler(cfg, db, prompts, calllog=calllog)
+        self._start_notifier(calllog.recovered[1] if calllog.recovered else 0)
         self.handler.refresh_rules()
+        self._config_stamp = self._stamp()
+        self._start_agent()
+        self._heartbeat = health.Heartbeat(db, self._snapshot, file=cfg.data_path / health.BEAT_FILE).start()
+
+    def _start_agent(self) -> None:
+        """Register with cfg.sip, or wait as "not_configured" when it names no account; OSError: port taken."""
+        from screener.sip import SipAgent
+
+        sip = self.cfg.sip
+        self._agent_error = ""
+        if sip.missing:
+            log.warning("screener: no SIP account yet (sip.%s is empty): waiting for one in %s (the dashboard's "
+                        "setup page writes it)", sip.missing, self.cfg.path or "the config file")
+            self._waiting_since = store.utcnow()
+            self._on_status_value(health.NOT_CONFIGURED, f"sip.{sip.missing} is empty", self._waiting_since)
+            return
+        assert self.handler is not None
         factory = self._agent_factory or SipAgent
-        self.agent = factory(cfg.sip, self.handler, self._on_status, on_reject=self.handler.rejected,
-                             ring_limit=cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
-        self.agent.start()
-        self._heartbeat = health.Heartbeat(db, health.agent_snapshot(self.agent),
-                                           file=cfg.data_path / health.BEAT_FILE).start()
+        agent = factory(sip, self.handler, self._on_status, on_reject=self.handler.rejected,
+                        ring_limit=self.cfg.screening.max_ring_time + RING_LIMIT_MARGIN_S)
+        self.agent = agent
+        agent.start()
+
+    def _snapshot(self) -> health.Snapshot:
+        agent = self.agent
+        if agent is not None:
+            return health.agent_snapshot(agent)()
+        if self._agent_error:
+            return health.Snapshot("failed", self._agent_error, self._waiting_since)
+        if self.cfg.sip.missing:
+            return health.Snapshot(health.NOT_CONFIGURED, f"sip.{self.cfg.sip.missing} is empty",
+                                   self._waiting_since)
+        return health.Snapshot("registering", "", self._waiting_since)
+
+    def _start_notifier(self, interrupted: int) -> None:
+        """Notifications: after a crash (the last beat was not "stopped"), then for closed calls and SIP states."""
+        assert self._db is not None and self.handler is not None
+        db, last = self._db, health.read_beat_file(self.cfg.data_path / health.BEAT_FILE)
+        self.notifier = Notifier(self.cfg, counts=lambda a, b: housekeeping.call_counts(db, a, b)).start()
+        self.handler.on_closed = self.notifier.call_closed
+        self.notifier.started(last.state if last else None, last.heartbeat_at if last else None, interrupted)
+
+    def _housekeeping(self) -> None:
+        """Retention at the first loop and then daily, on a thread of its own: a first run may delete many rows."""
+        now = time.monotonic()
+        if self._db is None or now < self._retention_due or (self._retention and self._retention.is_alive()):
+            return
+        self._retention_due = now + 86400.0
+        self._retention = threading.Thread(target=housekeeping.run_retention, args=(self._db, self.cfg, self._stop),
+                                           name="retention", daemon=True)
+        self._retention.start()
 
     def _on_status(self, st: Any) -> None:
+        if self.notifier is not None:
+            self.notifier.status(st.state, st.last_error or "")
         self._on_status_value(st.state, st.last_error or "", datetime.fromtimestamp(st.since, UTC))
 
     def _on_status_value(self, state: str, error: str, when: datetime | None = None) -> None:
@@ -532,9 +810,10 @@ class Service:
     def stop(self) -> None:
         """Unregister, end the calls (outcome interrupted) and write their rows (about 3 s at most)."""
         self._stop.set()
-        if self.agent is not None:
-            self.agent.stop()
-            self.agent = None
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            agent.stop()
+        if agent is not None or self._heartbeat is not None:
             if self.handler is not None:
                 self.handler.wait_idle(1.0)
                 self.handler.close(1.5)  # what the database does not take now stays in the journal
@@ -542,11 +821,16 @@ class Service:
                 self._heartbeat.stop("stopped")
                 self._heartbeat = None
             self._on_status_value("stopped", "")
+        if self.notifier is not None:
+            self.notifier.stop()
+        if self._retention is not None:
+            self._retention.join(2.0)
         if self._db is not None:
             self._db.dispose()
 
     def reload(self) -> bool:
-        """Read the config file again and apply [screening] to the next calls (SIGHUP); False when it is bad."""
+        """Read the config file again: [screening] applies to the next calls, a [sip] change re-registers
+        (once the calls in progress ended: see _apply_sip_change); False when the file is bad."""
         from screener import config as config_mod
 
         if self.handler is None or not self.cfg.path:
@@ -558,12 +842,63 @@ class Service:
         except (ValueError, OSError) as e:
             log.error("screener: configuration not reloaded, the running one stays: %s", e)
             return False
-        if cfg.sip != self.cfg.sip or cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
-            log.warning("screener: [sip], [database] and data_dir changes take effect at the next restart")
-        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web)
+        if cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
+            log.warning("screener: [database] and data_dir changes take effect at the next restart")
+        sip_changed = cfg.sip != self.cfg.sip
+        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web, sip=cfg.sip)
         self.handler.configure(cfg, prompts)
         self.cfg = cfg
         log.info("screener: configuration reloaded from %s", cfg.path)
+        if sip_changed:
+            log.info("screener: [sip] changed: registering again%s",
+                     "" if self.handler.wait_idle(0) else " once the calls in progress end")
+            self._sip_pending_since = self._sip_pending_since or time.monotonic()
+        return True
+
+    def _apply_sip_change(self, now: float | None = None) -> bool:
+        """Re-register with the new [sip] once no call is in progress (or after SIP_CHANGE_WAIT_S: they end as
+        on a stop); True when it did."""
+        if self._sip_pending_since is None or self.handler is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if not self.handler.wait_idle(0) and now - self._sip_pending_since < SIP_CHANGE_WAIT_S:
+            return False
+        self._sip_pending_since = None
+        old, self.agent = self.agent, None
+        if old is not None:
+            old.stop()  # unregisters the old binding; frees the SIP port for the new agent
+        self._waiting_since = store.utcnow()
+        if not self.cfg.sip.missing:
+            self._on_status_value("registering", "", self._waiting_since)
+        try:
+            self._start_agent()
+        except OSError as e:
+            self.agent = None
+            self._agent_error = f"cannot bind UDP port {self.cfg.sip.sip_port}: {e.strerror or e}"
+            log.error("screener: %s", self._agent_error)
+            self._on_status_value("failed", self._agent_error, self._waiting_since)
+        return True
+
+    def _stamp(self) -> tuple[Any, ...] | None:
+        """What tells the config file (and the password file it names) changed."""
+        if not self.cfg.path:
+            return None
+        stamps: list[Any] = []
+        for p in (Path(self.cfg.path), self.cfg.resolve(self.cfg.sip.password_file) if self.cfg.sip.password_file
+                  else None):
+            try:
+                st = os.stat(p) if p is not None else None
+            except OSError:
+                st = None
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None)
+        return tuple(stamps)
+
+    def config_changed(self) -> bool:
+        """Whether the config file changed since it was last read (checked every second by run())."""
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
         return True
 
     def request_stop(self) -> None:
@@ -577,7 +912,8 @@ class Service:
         return self._stop.wait(timeout)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
-        """start(), wait for SIGINT/SIGTERM (SIGHUP reloads), stop(); 0 on a clean stop, 1 when it could not start."""
+        """start(), wait for SIGINT/SIGTERM (SIGHUP or a changed config file reloads), stop(); 0 on a clean
+        stop, 1 when it could not start."""
         with capture_signals(self.request_stop, self.request_reload):
             try:
                 self.start()
@@ -589,11 +925,13 @@ class Service:
                 if on_started is not None:
                     on_started()
                 while not self.wait(1.0):
-                    if self._reload.is_set():
+                    if self.config_changed() or self._reload.is_set():
                         self._reload.clear()
                         self.reload()
+                    self._apply_sip_change()
                     if self.handler is not None:
                         self.handler.refresh_rules()  # a list changed in the dashboard is known within a second
+                    self._housekeeping()
             finally:
                 self.stop()
         return 0
@@ -669,3 +1007,7 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # what start-up built and freed goes back to the system (~3 MiB)
+    except (OSError, AttributeError):
+        pass  # not glibc

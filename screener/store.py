@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    case,
     create_engine,
     delete,
     event,
     func,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import CursorResult, Engine
@@ -35,7 +38,8 @@ from screener.numbers import Caller
 from screener.rules import CLASSES, Rule, RuleSet, Window, candidate_patterns, window_from_mask
 from screener.text import clean
 
-OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challenge", "caller_hung_up",
+OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "connected", "blocked_by_household",
+            "failed_challenge", "caller_hung_up",
             "over_capacity", "interrupted", "error")
 
 
@@ -43,7 +47,7 @@ OUTCOMES = ("blocked", "answered_elsewhere", "missed", "passed", "failed_challen
 # (a 3-digit country code and a 17-digit national number), not only E.164's 15
 _MAX_CANDIDATES = 1 + 20 + len(CLASSES)
 _RULES_SQL = ("SELECT id, list, pattern, label, days, time_from, time_to, source FROM list_entries"
-              " WHERE pattern IN ({marks})")  # only placeholders are formatted in
+              " WHERE pattern IN ({marks}) AND enabled = {true}")  # only placeholders and a literal go in
 
 
 def utcnow() -> datetime:
@@ -100,6 +104,8 @@ class ListEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     hit_count: Mapped[int] = mapped_column(Integer, default=0)
     last_hit_at: Mapped[datetime | None]
+    # switched off: kept with its label, window and hits, but no call is decided by it
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     _fit_text = validates("label", "source")(_fit)
 
@@ -119,8 +125,9 @@ class Call(Base):
         Index("ix_calls_started", "started_at", "id"),
         Index("ix_calls_e164_started", "e164", "started_at"),
         Index("ix_calls_outcome_started", "outcome", "started_at"),
-        Index("ix_calls_voicemail", "started_at", "id", sqlite_where=text("voicemail_path IS NOT NULL"),
-              postgresql_where=text("voicemail_path IS NOT NULL")),
+        # partial on both databases (migration 0002); the PostgreSQL clause is left to the migration because
+        # naming it here loads SQLAlchemy's whole PostgreSQL dialect (2 MiB) into every process
+        Index("ix_calls_voicemail", "started_at", "id", sqlite_where=text("voicemail_path IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -146,9 +153,11 @@ class Call(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     voicemail_path: Mapped[str | None] = mapped_column(String(500))
     voicemail_heard: Mapped[bool] = mapped_column(Boolean, default=False)
+    talk_s: Mapped[float | None] = mapped_column(Float)  # a call put through: from the bridge to its end
+    name_path: Mapped[str | None] = mapped_column(String(500))  # the name a screened caller said, a WAV
 
     _fit_text = validates("call_id", "source", "from_raw", "pai_raw", "called_line", "name", "caller_raw", "country",
-                          "rule", "reason", "digits", "voicemail_path")(_fit)
+                          "rule", "reason", "digits", "voicemail_path", "name_path")(_fit)
 
 
 class User(Base):
@@ -190,6 +199,15 @@ class NumberNote(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AppliedPreset(Base):
+    """A preset applied once (screener.presets): `init` never applies it again, whatever the user removed."""
+
+    __tablename__ = "applied_presets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -229,7 +247,7 @@ class Store:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         marks = ", ".join(["?" if self.engine.dialect.paramstyle == "qmark" else "%s"] * _MAX_CANDIDATES)
-        self._rules_sql = _RULES_SQL.format(marks=marks)
+        self._rules_sql = _RULES_SQL.format(marks=marks, true="1" if self.is_sqlite else "true")
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
 
@@ -277,7 +295,10 @@ class Store:
 
 def put_entry(session: Session, list_: str, pattern: str, *, label: str = "", source: str = "user",
               window: Window | None = None) -> ListEntry:
-    """Put `pattern` on `list_` (moving it from another list if it was there), with its label and window."""
+    """Put `pattern` on `list_` with exactly this label and window (moving it from another list if it was there).
+
+    For restoring and editing; a user's "add" goes through add_entry(), which keeps what it would overwrite.
+    """
     entry = session.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
     if entry is None:
         entry = ListEntry(pattern=pattern)
@@ -290,38 +311,119 @@ def put_entry(session: Session, list_: str, pattern: str, *, label: str = "", so
     return entry
 
 
+@dataclass(frozen=True)
+class Before:
+    """An entry as it was before add_entry() changed it."""
+
+    list: str
+    label: str
+    window: Window | None
+    enabled: bool
+
+
+class EntryConflict(Exception):
+    """Adding would overwrite the label or time window `pattern` already has (on `before.list`)."""
+
+    def __init__(self, pattern: str, before: Before) -> None:
+        what = f' as "{before.label}"' if before.label else ""
+        when = f", {before.window}" if before.window else ""
+        super().__init__(f"{pattern} is already on the {before.list} list{what}{when}")
+        self.pattern, self.before = pattern, before
+
+
+@dataclass(frozen=True)
+class Added:
+    entry: ListEntry
+    before: Before | None  # None: the pattern was on no list
+
+    @property
+    def moved_from(self) -> str | None:
+        return self.before.list if self.before and self.before.list != self.entry.list else None
+
+    @property
+    def kept(self) -> bool:
+        """Whether a label or time window the entry had was kept."""
+        return self.before is not None and bool(self.before.label or self.before.window)
+
+
+def add_entry(session: Session, list_: str, pattern: str, *, label: str = "", window: Window | None = None,
+              source: str = "user", replace: bool = False) -> Added:
+    """A user adds `pattern` to `list_` (switched on). An entry already there keeps its label and time window
+    unless `replace`; a new label or window that would overwrite a different one raises EntryConflict."""
+    entry = session.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
+    if entry is None:
+        return Added(put_entry(session, list_, pattern, label=label, source=source, window=window), None)
+    before = Before(entry.list, entry.label, entry.window, entry.enabled)
+    if not replace:
+        if (label and before.label and label != before.label) or \
+                (window is not None and before.window is not None and window != before.window):
+            raise EntryConflict(pattern, before)
+        label, window = before.label or label, before.window or window
+    put_entry(session, list_, pattern, label=label, source=source, window=window)
+    entry.enabled = True
+    session.flush()
+    return Added(entry, before)
+
+
+def set_enabled(session: Session, pattern: str, enabled: bool) -> ListEntry | None:
+    """Switch the entry for `pattern` on or off (it keeps everything else); None if there is none."""
+    entry = session.scalar(select(ListEntry).where(ListEntry.pattern == pattern))
+    if entry is not None:
+        entry.enabled = enabled
+        session.flush()
+    return entry
+
+
 def remove_entry(session: Session, pattern: str) -> bool:
     """Remove the entry for `pattern`; False if there was none."""
     res: CursorResult[Any] = session.execute(delete(ListEntry).where(ListEntry.pattern == pattern))  # type: ignore[assignment]
     return bool(res.rowcount)
 
 
-def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, source: str) -> int:
-    """Insert or move many (pattern, label) rows at once, in the caller's transaction; returns the count."""
+def bulk_put(session: Session, list_: str, rows: Iterable[tuple[str, str]], *, source: str,
+             skipped: list[str] | None = None) -> int:
+    """Insert or move many (pattern, label) rows at once, in the caller's transaction; returns how many.
+
+    An import never moves an entry off the allow list (its patterns go to `skipped`), and an entry keeps
+    the label it has (an empty one is filled in), its time window and whether it is switched on.
+    """
     from sqlalchemy.dialects import postgresql, sqlite
 
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     now = utcnow()
     batch: list[dict[str, Any]] = []
     total = 0
+    table = ListEntry.__table__
 
-    def flush() -> None:
-        stmt = insert(ListEntry)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["pattern"],
-            set_={"list": stmt.excluded.list, "label": stmt.excluded.label, "source": stmt.excluded.source},
-        )
-        session.execute(stmt, batch)
+    def flush() -> int:
+        if list_ != "allow":
+            allowed = set(session.scalars(select(ListEntry.pattern).where(
+                ListEntry.pattern.in_([r["pattern"] for r in batch]), ListEntry.list == "allow")))
+            if allowed:
+                if skipped is not None:
+                    skipped.extend(r["pattern"] for r in batch if r["pattern"] in allowed)
+                batch[:] = [r for r in batch if r["pattern"] not in allowed]
+        n = len(batch)
+        if batch:
+            stmt = insert(ListEntry)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["pattern"],
+                set_={"list": stmt.excluded.list, "source": stmt.excluded.source,
+                      "label": case((table.c.label == "", stmt.excluded.label), else_=table.c.label)},
+                # the check above already took allow entries out; this keeps a concurrent one where it is
+                where=(table.c.list != "allow") if list_ != "allow" else None,
+            )
+            session.execute(stmt, batch)
         batch.clear()
+        return n
 
     for pattern, label in rows:
         batch.append({"list": list_, "pattern": pattern, "label": label, "source": source, "created_at": now,
                       "hit_count": 0})
-        total += 1
         if len(batch) >= 5000:
-            flush()
+            total += flush()
     if batch:
-        flush()
+        total += flush()
     return total
 
 

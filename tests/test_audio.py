@@ -118,3 +118,26 @@ def test_write_wav_round_trip(tmp_path: Path):
     audio.write_wav(path, pcm)
     assert audio.load_pcm(path) == pcm
     assert not list(path.parent.glob("*.part"))
+
+
+def _noise(seconds: float, amp: int) -> bytes:
+    """Deterministic low-level hiss: a pseudo-random walk of +-amp."""
+    n = int(audio.RATE * seconds)
+    return struct.pack(f"<{n}h", *((amp if (i * 7919) % 13 < 6 else -amp) for i in range(n)))
+
+
+def _tone(seconds: float, amp: int = 6000) -> bytes:
+    return audio.beep(seconds, 440.0, amp) if seconds else b""
+
+
+@pytest.mark.parametrize("pcm,silent", [
+    (b"", True),
+    (audio.silence(10), True),
+    (_noise(10, 60), True),  # line noise, comfort noise
+    (audio.silence(4) + _tone(0.1) + audio.silence(4), True),  # a click or the far end's beep echo
+    (audio.silence(4) + _tone(0.5) + audio.silence(4), False),  # a word
+    (_tone(3), False),
+    (_noise(2, 60) + _tone(0.4, 1500), False),  # quiet speech still counts
+])
+def test_is_silent(pcm: bytes, silent: bool):
+    assert audio.is_silent(pcm) is silent

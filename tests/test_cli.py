@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select, text
@@ -76,18 +77,6 @@ def test_bad_config_exits_2_naming_file_and_key(run, write_config, argv: list[st
         2, "", f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n')
 
 
-@pytest.mark.parametrize(("sip", "missing"), [
-    ("", "server"),
-    ('server = "fritz.box"', "username"),
-    ('server = "fritz.box"\nusername = "screener"', "password"),
-])
-def test_run_without_an_account_exits_2_naming_the_key(run, write_config, sip: str, missing: str) -> None:
-    path = write_config(f"[sip]\n{sip}\n")
-    status, out, err = run("run", config_path=path)
-    assert (status, out) == (2, "")
-    assert err.startswith(f"screener: {path}: sip.{missing} is empty: fill in [sip]")
-
-
 def test_missing_config_exits_2(run, tmp_path: Path) -> None:
     path = tmp_path / "nowhere.toml"
     assert run("list", "show", config_path=path) == (
@@ -126,6 +115,10 @@ def test_bad_usage_exits_2(conf: Path, capsys: pytest.CaptureFixture[str], argv:
     (["list", "add", "block", "0212345678", "--days", "someday"],
      "days must look like mon-fri or sat,sun, got 'someday'"),
     (["lookup", "0212345678", "--at", "yesterday"], "--at must be an ISO-8601 date and time, got 'yesterday'"),
+    (["lookup", "abc"], "not a phone number: 'abc' (e.g. 0212345678, +390212345678, anonymous for a withheld "
+     "caller, **9 for an internal call)"),
+    (["lookup", "02-12x"], "not a phone number: '02-12x' (e.g. 0212345678, +390212345678, anonymous for a "
+     "withheld caller, **9 for an internal call)"),
     (["list", "preset", "xx"], "no preset 'xx'; known: fr, it"),
 ])
 def test_bad_arguments_exit_2_with_the_reason(run, argv: list[str], message: str) -> None:
@@ -169,6 +162,25 @@ def test_init_applies_the_configured_presets(run, write_config) -> None:
     assert len(entries) == len(expected)
 
 
+def test_init_never_applies_a_preset_twice(run, write_config) -> None:
+    """`make run` runs init before every start: what the user removed or changed stays so."""
+    path = write_config('[screening]\npresets = ["it"]\n')
+    n = len(PRESETS["it"].entries)
+    status, out, _ = run("init", config_path=path)
+    assert (status, out.splitlines()[0]) == (0, f"preset it: {n} entries added")
+    run("list", "remove", "0844*", config_path=path)
+    run("list", "add", "allow", "class:foreign", "--label", "family abroad", "--replace", config_path=path)
+    status, out, _ = run("init", config_path=path)
+    assert (status, out.startswith("database ready")) == (0, True)
+    entries = {e["pattern"]: (e["list"], e["label"]) for e in _entries(lambda *a: run(*a, config_path=path))}
+    assert "+390844*" not in entries and entries["class:foreign"] == ("allow", "family abroad")
+    # a preset added to the config later is applied once, filling in only what is missing
+    path = write_config('[screening]\npresets = ["it", "fr"]\n')
+    status, out, _ = run("init", config_path=path)
+    assert out.splitlines()[0] == f"preset fr: {len(PRESETS['fr'].entries)} entries added"
+    assert "+390844*" not in {e["pattern"] for e in _entries(lambda *a: run(*a, config_path=path))}
+
+
 # --- lookup ---------------------------------------------------------------------------------------------
 
 def test_lookup_json_of_a_blocked_number(run) -> None:
@@ -197,8 +209,8 @@ LOOKUPS = [
      {"country": "FR", "type": "mobile"}),
     ("3471234567", None, "screen", None, "no rule matched: default screen", {"type": "mobile"}),
     ("**9", ("block", "class:invalid"), "allow", None, "internal call of the home router", {"e164": None}),
-    ("abc", ("block", "class:invalid"), "block", "class:invalid", "class:invalid on the block list",
-     {"e164": None, "valid": False}),
+    ('"Kitchen" <sip:**622@fritz.box>', None, "allow", None, "internal call of the home router", {}),
+    ("restricted", None, "screen", None, "no rule matched: default screen", {"withheld": True}),
     ("004912345678901234567", None, "screen", None, "no rule matched: default screen",
      {"e164": "+4912345678901234567", "valid": False, "country": "DE"}),
 ]
@@ -276,10 +288,12 @@ def test_list_add_show_and_remove(run) -> None:
         "screen class:foreign          (user, 0 hits)",
     ]
 
-    # adding a pattern again moves it, without its old window
-    assert run("list", "add", "allow", "+390212345678") == (0, "+390212345678 is on the allow list\n", "")
+    # adding a pattern again moves it, says so, and keeps its label and window
+    assert run("list", "add", "allow", "+390212345678") == (0, (
+        'was: +390212345678 on the block list as "Ditta", mon-fri 09:00-18:00 (kept its label and time window)\n'
+        "+390212345678 is on the allow list (mon-fri 09:00-18:00)\n"), "")
     moved = [e for e in _entries(run) if e["pattern"] == "+390212345678"]
-    assert [(e["list"], e["label"], e["days"]) for e in moved] == [("allow", "", "")]
+    assert [(e["list"], e["label"], e["days"]) for e in moved] == [("allow", "Ditta", "mon-fri")]
 
     assert run("list", "remove", "0212345678") == (0, "+390212345678 removed\n", "")
     assert run("list", "remove", "0212345678") == (1, "", "screener: +390212345678 is on no list\n")
@@ -340,11 +354,114 @@ def test_list_import_of_good_rows_exits_0_and_is_idempotent(run, tmp_path: Path)
     f = tmp_path / "numbers.csv"
     f.write_text('"Numero";"Nome"\r\n"+39 02 1234 5678";"Rossi"\r\n"347 123 4567";"Bianchi"\r\n"0844*";"tm"\r\n',
                  encoding="utf-8-sig")
-    run("list", "add", "allow", "3471234567", "--label", "old")
+    run("list", "add", "screen", "3471234567", "--label", "old")
     for _ in range(2):
         assert run("list", "import", "block", str(f)) == (0, "imported 3 entries into the block list\n", "")
+    # moved from the screen list, with the label it had
     assert [(e["list"], e["pattern"], e["label"]) for e in _entries(run)] == [
-        ("block", "+390212345678", "Rossi"), ("block", "+390844*", "tm"), ("block", "+393471234567", "Bianchi")]
+        ("block", "+390212345678", "Rossi"), ("block", "+390844*", "tm"), ("block", "+393471234567", "old")]
+
+
+def test_list_import_never_moves_an_allowed_number(run, tmp_path: Path) -> None:
+    f = tmp_path / "spam.csv"
+    f.write_text("number,label\n0212345678,spam\n3471234567,spam\n0844*,tm\n", encoding="utf-8")
+    run("list", "add", "allow", "3471234567", "--label", "mum")
+    status, out, err = run("list", "import", "block", str(f))
+    assert status == 1
+    assert out == "imported 2 entries into the block list; 1 allowed numbers left on the allow list\n"
+    assert err == f"{f}:3: +393471234567 is on the allow list: left there (an import never moves an allowed number)\n"
+    assert {e["pattern"]: (e["list"], e["label"]) for e in _entries(run)}["+393471234567"] == ("allow", "mum")
+
+
+def test_list_import_flags_a_dropped_leading_zero(run, tmp_path: Path) -> None:
+    f = tmp_path / "excel.csv"
+    f.write_text("212345678;Milano\n4930123456;where?\n844123456;tm\n3471234567;mobile\n", encoding="utf-8")
+    status, out, err = run("list", "import", "block", str(f))
+    assert status == 1  # the ambiguous row is not imported
+    assert out == "imported 3 entries into the block list; 1 bad rows skipped; 2 rows to check\n"
+    assert err.splitlines() == [
+        f"{f}:1: 212345678 read as 02 1234 5678: a spreadsheet had dropped its leading 0 (format the column as text)",
+        f"{f}:2: 4930123456 is not a valid number: a spreadsheet dropped its leading 0 (049 3012 3456) or its +"
+        " (+4930123456)? Write it in full and import it again",
+        f"{f}:3: 844123456 is not a valid number, with or without a leading 0: imported as written; if a spreadsheet"
+        " dropped its leading 0, write it with the 0 and import it again",
+    ]
+    assert [e["pattern"] for e in _entries(run)] == ["+390212345678", "+393471234567", "+39844123456"]
+
+
+@pytest.mark.parametrize(("data", "what"), [
+    (b"PK\x03\x04\x14\x00\x06\x00", "an Excel workbook (.xlsx) or another zip file, not CSV: save it from the "
+     'spreadsheet as "CSV UTF-8" or "Unicode text" and import that'),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00\x00", "an Excel 97-2003 workbook (.xls), not CSV: save it from the "
+     'spreadsheet as "CSV UTF-8" or "Unicode text" and import that'),
+    (b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03\x00>\x00", "not a text file: import a list saved as CSV"),
+])
+def test_list_import_of_a_workbook_is_one_line(run, tmp_path: Path, data: bytes, what: str) -> None:
+    f = tmp_path / "lista.xlsx"
+    f.write_bytes(data + bytes(range(256)) * 4)
+    assert run("list", "import", "block", str(f)) == (1, "", f"screener: {f}: {what}\n")
+    assert _entries(run) == []
+
+
+def test_list_import_of_excel_unicode_text(run, tmp_path: Path) -> None:
+    f = tmp_path / "unicode.txt"
+    f.write_bytes("Numero\tNome\r\n02 1234 5678\tCaffè Rossi\r\n".encode("utf-16"))
+    assert run("list", "import", "block", str(f)) == (0, "imported 1 entries into the block list\n", "")
+    assert [(e["pattern"], e["label"]) for e in _entries(run)] == [("+390212345678", "Caffè Rossi")]
+
+
+# --- list add: moves, replacements, wide prefixes, switching off ----------------------------------------
+
+def test_list_add_over_another_label_needs_replace(run) -> None:
+    run("list", "add", "allow", "3471234567", "--label", "mum", "--days", "mon-fri", "--from", "09:00",
+        "--to", "18:00")
+    assert run("list", "add", "block", "3471234567", "--label", "pest") == (1, "", (
+        'screener: +393471234567 on the allow list as "mum", mon-fri 09:00-18:00: nothing changed; add --replace'
+        " to replace its label and time window, or leave out --label/--days/--from/--to to keep them\n"))
+    assert [(e["list"], e["label"]) for e in _entries(run)] == [("allow", "mum")]
+    assert run("list", "add", "block", "3471234567", "--label", "pest", "--replace") == (0, (
+        'was: +393471234567 on the allow list as "mum", mon-fri 09:00-18:00\n'
+        "+393471234567 is on the block list\n"), "")
+    assert [(e["list"], e["label"], e["days"]) for e in _entries(run)] == [("block", "pest", "")]
+
+
+@pytest.mark.parametrize(("pattern", "canonical", "covers"), [
+    ("+39*", "+39*", "every number of +39"),
+    ("0*", "+390*", "every number of +39 starting with 0"),
+    ("+393*", "+393*", "every number of +39 starting with 3"),
+    ("34*", "+3934*", "every number of +39 starting with 34"),
+    ("+4*", "+4*", "numbers of several countries"),
+])
+def test_list_add_of_a_whole_country_or_network_needs_force(run, pattern: str, canonical: str, covers: str) -> None:
+    assert run("list", "add", "block", pattern) == (
+        1, "", f"screener: {canonical} covers {covers}: add --force if you mean it\n")
+    assert _entries(run) == []
+    assert run("list", "add", "block", pattern, "--force") == (0, f"{canonical} is on the block list\n", "")
+
+
+def test_list_add_of_a_narrow_prefix_needs_no_force(run) -> None:
+    assert run("list", "add", "block", "347*") == (0, "+39347* is on the block list\n", "")
+
+
+def test_list_disable_and_enable(run) -> None:
+    run("list", "add", "block", "0212345678", "--label", "pest")
+    assert _lookup(run, "0212345678")["decision"] == "block"
+    assert run("list", "disable", "02 1234 5678") == (0, "+390212345678 on the block list is switched off\n", "")
+    assert _lookup(run, "0212345678")["decision"] == "screen"
+    assert run("list", "show")[1] == "block  +390212345678        pest  (user, 0 hits)  OFF\n"
+    assert run("list", "enable", "0212345678") == (0, "+390212345678 on the block list is switched on\n", "")
+    assert _lookup(run, "0212345678")["decision"] == "block"
+    assert run("list", "disable", "0299*") == (1, "", "screener: +390299* is on no list\n")
+    assert run("list", "disable", "pest") == (2, "", f"screener: {_not_a_number('pest')}\n")
+
+
+def test_list_add_of_a_switched_off_entry_switches_it_on(run) -> None:
+    run("list", "add", "block", "0212345678", "--label", "pest")
+    run("list", "disable", "0212345678")
+    assert run("list", "add", "block", "0212345678") == (0, (
+        'was: +390212345678 on the block list as "pest" (switched off) (kept its label and time window)\n'
+        "+390212345678 is on the block list\n"), "")
+    assert _lookup(run, "0212345678")["decision"] == "block"
 
 
 def test_list_import_of_a_missing_file_exits_1(run, tmp_path: Path) -> None:
@@ -354,8 +471,9 @@ def test_list_import_of_a_missing_file_exits_1(run, tmp_path: Path) -> None:
 
 def test_list_preset(run) -> None:
     n = len(PRESETS["it"].entries)
-    assert run("list", "preset", "it") == (0, f"preset it: {n} entries applied\n", "")
-    assert run("list", "preset", "it") == (0, f"preset it: {n} entries applied\n", "")
+    assert run("list", "preset", "it") == (0, f"preset it: {n} entries added\n", "")
+    assert run("list", "preset", "it") == (
+        0, f"preset it: 0 entries added, {n} already had an entry and stay as they are\n", "")
     entries = _entries(run)
     assert len(entries) == n and {e["source"] for e in entries} == {"preset:it"}
     assert _lookup(run, "0844123456")["decision"] == "block"
@@ -548,3 +666,197 @@ def test_process_bad_config_and_bad_usage(write_config, tmp_path: Path) -> None:
     assert proc.stderr == f'screener: {path}: sip.port must be an integer 1-65535, got "5060x"\n'
     proc = _screener("--config", str(path), "list", "frobnicate", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'frobnicate'" in proc.stderr
+
+
+# --- one-line errors and what an empty result says -------------------------------------------------------
+
+def test_calls_and_list_show_say_when_there_is_nothing(run) -> None:
+    assert run("calls") == (0, "no calls logged yet\n", "")
+    assert run("list", "show") == (0, "the lists are empty: add a number with `screener list add block NUMBER`, "
+                                      "or a preset with `screener list preset it`\n", "")
+    assert run("list", "show", "--json") == (0, "[]\n", "")
+
+
+def test_config_pointing_at_a_folder(run, conf: Path) -> None:
+    folder = conf.parent
+    assert run("list", "show", config_path=folder) == (
+        2, "", f"screener: {folder}: is a folder, not a config file: did you mean `{conf}`?\n")
+
+
+def test_config_in_latin1_names_the_line(run, conf: Path) -> None:
+    line = len(conf.read_bytes().splitlines()) + 2
+    conf.write_bytes(conf.read_bytes() + '[sip]\nusername = "citt\xe0"\n'.encode("latin-1"))
+    status, out, err = run("calls")
+    assert (status, out) == (2, "")
+    assert err == f"screener: {conf}:{line}: the file is not UTF-8 (byte 0xe0, perhaps Latin-1): save it as UTF-8\n"
+
+
+NO_TERMINAL = ("screener: no terminal to ask for the password: give it with --password-file FILE, or on standard "
+               "input with --password-stdin\n")
+
+
+@pytest.mark.parametrize(("argv", "stdin", "result"), [
+    ([], "", (2, "", NO_TERMINAL)),
+    ([], "correct horse\n", (2, "", NO_TERMINAL)),  # piped without --password-stdin: not read as the password
+    (["--password-file", "{dir}/pw"], "", (0, "user admin saved\n", "")),
+    (["--password-file", "{dir}/nope"], "", (2, "", "screener: {dir}/nope: No such file or directory\n")),
+    (["--password-file", "{dir}"], "", (2, "", "screener: {dir}: Is a directory\n")),
+])
+def test_user_add_says_how_to_give_the_password(run, db: store.Store, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path, argv: list[str], stdin: str,
+                                                result: tuple[int, str, str]) -> None:
+    (tmp_path / "pw").write_text("correct horse\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    status, out, err = result
+    argv = [a.format(dir=tmp_path) for a in argv]
+    assert run("user", "add", "admin", *argv) == (status, out, err.format(dir=tmp_path))
+    saved = _user_hash(db, "admin")
+    assert (saved is not None) == (status == 0)
+    assert saved is None or check_password_hash(saved, "correct horse")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_user_add_at_a_terminal_that_ends(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def eof(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", eof)
+    assert run("user", "add", "admin") == (2, "", NO_TERMINAL)
+    assert _user_hash(db, "admin") is None
+
+
+def test_user_add_at_a_terminal(run, db: store.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    typed = iter(["correct horse", "correct horse", "correct horse", "horse correct"])
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(typed))
+    assert run("user", "add", "admin") == (0, "user admin saved\n", "")
+    assert run("user", "add", "admin") == (1, "", "screener: the passwords differ\n")
+
+
+@pytest.mark.parametrize(("web", "error", "message"), [
+    ("port = 8080", OSError(98, "Address already in use"),
+     "web.port 8080 is in use on 127.0.0.1 (another screener, or another program): stop it, or choose another "
+     "[web] port"),
+    ('host = "192.0.2.7"', OSError(99, "Cannot assign requested address"),
+     "web.host 192.0.2.7 is not an address of this machine: use 127.0.0.1, or 0.0.0.0 for every address"),
+    ("port = 80", PermissionError(13, "Permission denied"),
+     "web.port 80 is below 1024, which only root may use: choose another, e.g. 8080"),
+    ('host = "screener.invalid"', __import__("socket").gaierror(-2, "Name or service not known"),
+     "web.host screener.invalid is not a known host name or address: use 127.0.0.1, or 0.0.0.0 for every address"),
+    ("port = 8080", OSError(24, "Too many open files"),
+     "cannot listen on 127.0.0.1:8080 ([web] host, port): Too many open files"),
+])
+def test_bind_errors_name_the_key(write_config, web: str, error: OSError, message: str) -> None:
+    from screener import config
+
+    cfg = config.load(write_config(f"[web]\n{web}\n"))
+    err = cli.bind_error(cfg, error)
+    assert (str(err), err.status) == (f"{cfg.path}: {message}", 2)
+
+
+def _held_port() -> tuple[Any, int]:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, s.getsockname()[1]
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service_conf(write_config: Callable[[str], Path]) -> Callable[[int], Path]:
+    """A config `screener run` starts with: a registrar on loopback that never answers, the dashboard on `port`."""
+
+    def make(port: int) -> Path:
+        return write_config(f'[sip]\nserver = "127.0.0.1"\nport = {_free_udp_port()}\nusername = "screener"\n'
+                            f'password = "secret-pass"\nsip_port = {_free_udp_port()}\nrtp_port_low = 61000\n'
+                            f'rtp_port_high = 61009\n[web]\nport = {port}\n')
+
+    return make
+
+
+@pytest.mark.parametrize("command", ["web", "run"])
+def test_process_dashboard_port_in_use_exits_2(service_conf: Callable[[int], Path], tmp_path: Path,
+                                               command: str) -> None:
+    held, port = _held_port()
+    with held:
+        path = service_conf(port)
+        proc = _screener("--config", str(path), command, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    # `run` stops: it does not go on without its dashboard
+    assert proc.stderr.splitlines()[-1] == (
+        f"screener: {path}: web.port {port} is in use on 127.0.0.1 (another screener, or another program): "
+        "stop it, or choose another [web] port")
+    assert proc.stderr.count("is in use") == 1
+
+
+@pytest.mark.parametrize("command", ["web", "run"])
+def test_process_prints_the_dashboard_url(service_conf: Callable[[int], Path], tmp_path: Path,
+                                          command: str) -> None:
+    held, port = _held_port()
+    held.close()
+    proc = subprocess.Popen([sys.executable, "-m", "screener.cli", "--config", str(service_conf(port)), command],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    with proc.stdout:
+        try:
+            assert proc.stdout.readline() == f"dashboard: http://127.0.0.1:{port}/\n"
+        finally:
+            proc.terminate()
+            # `run` stops cleanly on SIGTERM; `web` alone simply ends
+            assert proc.wait(30) == (0 if command == "run" else -15)
+
+
+CHILD = "import os, sys; fd = int(sys.argv[sys.argv.index('--report-fd') + 1]); "
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    (CHILD + "os.write(fd, b'config.toml: web.port 8080 is in use'); sys.exit(2)", "config.toml: web.port 8080 is in use"),
+    (CHILD + "sys.exit(2)", "the dashboard could not start"),
+])
+def test_web_process_stops_run_when_the_dashboard_cannot_start(cfg: Any, script: str, error: str) -> None:
+    import threading
+
+    fatal = threading.Event()
+    dashboard = cli.WebProcess(cfg)
+    dashboard.argv = [sys.executable, "-c", script]
+    dashboard.start(on_fatal=fatal.set)
+    assert fatal.wait(30)
+    dashboard.stop()
+    assert dashboard.error == error
+
+
+def test_web_process_restarts_a_dashboard_that_served(cfg: Any, tmp_path: Path) -> None:
+    """A child that exits later (1: crashed; then 2: its port taken meanwhile) is started again: calls go on."""
+    import threading
+
+    starts = tmp_path / "starts"
+    script = (CHILD + f"f = open({str(starts)!r}, 'a'); f.write('x'); f.close(); "
+              f"n = len(open({str(starts)!r}).read()); os.write(fd, b'busy') if n > 1 else None; "
+              "sys.exit(1 if n == 1 else 2)")
+    fatal = threading.Event()
+    dashboard = cli.WebProcess(cfg)
+    dashboard.RESTART_DELAY_S = 0.0
+    dashboard.argv = [sys.executable, "-c", script]
+    dashboard.start(on_fatal=fatal.set)
+    try:
+        for _ in range(600):
+            if starts.exists() and len(starts.read_text()) >= 3:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        dashboard.stop()
+    assert len(starts.read_text()) >= 3 and not fatal.is_set() and dashboard.error == ""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,3 +119,143 @@ def test_masked_hides_secrets(write_config) -> None:
     shown = dict(config.masked(cfg))
     assert shown["sip.password"] == "********" and shown["web.secret"] == "********"
     assert shown["sip.username"] == "screener" and "hunter22" not in repr(shown)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('[sip]\npasword = "x"', "sip.pasword is not a known setting: did you mean `password`?"),
+    ('[sip]\nusername = "a"\nuser_name = "b"', "sip.user_name is not a known setting: did you mean `username`?"),
+    ("[screening]\nscreen_dealy = 2", "screening.screen_dealy is not a known setting: did you mean `screen_delay`?"),
+    ('[web]\nsecrt = "x"', "web.secrt is not a known setting: did you mean `secret`?"),
+    ('[sip]\npresets = ["it"]', "sip.presets is not a known setting: it belongs in [screening]"),
+    ('[web]\ndata_dir = "d"', "web.data_dir is not a known setting: it belongs at the top, before any [section]"),
+    ('[web]\nurl = "sqlite:///x.db"', "web.url is not a known setting: it belongs in [database]"),
+    ('[web]\npassword = "x"', "web.password is not a known setting: it belongs in [sip] or in [ring_through]"),
+    ('[screenig]\nregion = "IT"', "[screenig] is not a known section: did you mean `[screening]`?"),
+    ('[screening.promts]\nchallenge = "x.wav"',
+     "[screening.promts] is not a known section: did you mean `[screening.prompts]`?"),
+    ('[Sip]\nserver = "x"', "[Sip] is not a known section: did you mean `[sip]`?"),
+    ('[notifications]\nurls = []', "[notifications] is not a known section"),
+    ('zzz = "x"', "zzz is not a known setting"),
+    ("[web]\ntrusted_proxies = [\"10.0.0.300\"]",
+     'web.trusted_proxies must be a list of addresses or CIDR ranges, got ["10.0.0.300"]'),
+])
+def test_unknown_keys_and_sections_suggest_the_fix(write_config, body: str, message: str) -> None:
+    path = write_config(body)
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: {message}"
+
+
+def test_a_section_near_no_known_one_gets_no_suggestion(write_config) -> None:
+    path = write_config("[xyzzy]\na = 1")
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: [xyzzy] is not a known section"
+
+
+# the config file's bytes as a Windows editor may save them
+@pytest.mark.parametrize(("data", "message"), [
+    ('[sip]\nserver = "fritz.box"\nusername = "citt\xe0"\n'.encode("latin-1"),
+     ":3: the file is not UTF-8 (byte 0xe0, perhaps Latin-1): save it as UTF-8"),
+    ('# \xa9 casa\n[sip]\n'.encode("cp1252"), ":1: the file is not UTF-8 (byte 0xa9, perhaps Latin-1): save it as UTF-8"),
+    ('[sip]\nserver = "x"\n'.encode("utf-16"), ": the file is UTF-16, not UTF-8: save it as UTF-8"),
+    (b'[sip]\nserver = fritz.box\n',
+     ': not valid TOML: Invalid value (at line 2, column 10) (text needs quotes: key = "text")'),
+])
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}{message}"
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes('[sip]\nserver = "fritz.box"\nusername = "città"\n'.encode("utf-8-sig"))
+    cfg = config.load(path)
+    assert (cfg.sip.server, cfg.sip.username) == ("fritz.box", "città")
+
+
+def test_a_folder_as_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(tmp_path)
+    assert str(exc.value) == f"{tmp_path}: is a folder, not a config file: give the file, e.g. --config " \
+                             f"{tmp_path / 'config.toml'}"
+    (tmp_path / "config.toml").write_text("")
+    with pytest.raises(ConfigError) as exc:
+        config.load(tmp_path)
+    assert str(exc.value) == f"{tmp_path}: is a folder, not a config file: did you mean `{tmp_path / 'config.toml'}`?"
+
+
+def _pip(package: str) -> str:
+    return f"{Path(sys.executable).parent / 'pip'} install '{package}'"
+
+
+EXAMPLE_URLS = '"sqlite:///screener.db" or "postgresql+psycopg://user:password@host/screener"'
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("screener.db", f'must be a database URL such as {EXAMPLE_URLS}, got "screener.db"'),
+    ("", f'must be a database URL such as {EXAMPLE_URLS}, got ""'),
+    ("postgresql+psycopg://me:hunter22@db:port/x",
+     f'must be a database URL such as {EXAMPLE_URLS}, got "postgresql+psycopg://me:***@db:port/x"'),
+    ("postgres://me@db/screener", 'must name sqlite or postgresql, got "postgres": did you mean `postgresql`?'),
+    ("sqllite:///x.db", 'must name sqlite or postgresql, got "sqllite": did you mean `sqlite`?'),
+    ("mysql://me@db/screener", f'must name sqlite or postgresql, got "mysql", such as {EXAMPLE_URLS}'),
+    ("postgresql+psycopg3://me@db/screener",
+     'names an unknown postgresql driver "psycopg3": did you mean `postgresql+psycopg`?'),
+    ("postgresql+psycopg2://me@db/screener",
+     f"needs the Python package psycopg2-binary, which is not installed: {_pip('psycopg2-binary')}"),
+    ("postgresql+pg8000://me@db/screener", f"needs the Python package pg8000, which is not installed: {_pip('pg8000')}"),
+])
+def test_database_url_errors(write_config, url: str, message: str) -> None:
+    path = write_config(f'[database]\nurl = "{url}"')
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: database.url {message}"
+    assert "hunter22" not in str(exc.value)
+
+
+def test_database_url_whose_driver_is_not_installed(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as on a machine where `pip install psycopg` never ran
+    path = write_config('[database]\nurl = "postgresql+psycopg://me@db/screener"')
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == (f"{path}: database.url needs the Python package psycopg[binary], which is not installed: "
+                              f"{_pip('psycopg[binary]')}")
+
+
+def test_secret_file_is_read_and_must_exist(write_config, tmp_path: Path) -> None:
+    (tmp_path / "web-secret").write_text("abcdef\n")
+    assert config.load(write_config('[web]\nsecret_file = "web-secret"')).web.secret == "abcdef"
+    path = write_config('[web]\nsecret_file = "nope"')
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: web.secret_file cannot be read: No such file or directory ({tmp_path / 'nope'})"
+
+
+def test_a_driver_that_cannot_be_loaded(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    def broken() -> None:
+        raise ImportError("libpq.so.5: cannot open shared object file")
+
+    monkeypatch.setattr(PGDialect_psycopg, "import_dbapi", broken)
+    path = write_config('[database]\nurl = "postgresql+psycopg://me@db/screener"')
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == (f"{path}: database.url: the postgresql driver cannot be loaded: "
+                              "libpq.so.5: cannot open shared object file")
+
+
+def test_an_unreadable_config(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config("")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads any file: the refusal is simulated
+    with pytest.raises(ConfigError) as exc:
+        config.load(path)
+    assert str(exc.value) == f"{path}: cannot be read: Permission denied"

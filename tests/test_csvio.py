@@ -18,6 +18,8 @@ from screener import store
 from screener.csvio import (
     EXPORT_COLUMNS,
     IMPORT_BATCH,
+    UnreadableFile,
+    ZeroNote,
     decode,
     entry_row,
     export_csv,
@@ -139,9 +141,82 @@ def test_long_labels_are_cut_to_the_column_size() -> None:
     ("Università".encode(), "Università"),
     ("Università".encode("cp1252"), "Università"),
     (b"caff\xe8 \x80", "caffè €"),
+    # Excel's "Unicode text": UTF-16 little-endian with a BOM; and the same without one, and big-endian
+    ("numero\tnome\r\nCaffè\r\n".encode("utf-16"), "numero\tnome\r\nCaffè\r\n"),
+    ("numero\tnome".encode("utf-16-le"), "numero\tnome"),
+    ("numero\tnome".encode("utf-16-be"), "numero\tnome"),
+    (b"\xfe\xff" + "€".encode("utf-16-be"), "€"),
 ])
 def test_decode(data: bytes, text: str) -> None:
     assert decode(data) == text
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (b"PK\x03\x04\x14\x00\x06\x00\x08\x00[Content_Types].xml", "xlsx"),
+    (b"PK\x05\x06" + b"\x00" * 18, "xlsx"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "xls"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "pdf"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00", "binary"),
+])
+def test_a_file_that_is_no_csv_is_one_line(data: bytes, kind: str) -> None:
+    with pytest.raises(UnreadableFile) as e:
+        parse_csv(data, "IT")
+    assert e.value.kind == kind and "\n" not in str(e.value) and "\\x" not in str(e.value)
+
+
+def test_excel_unicode_text_is_read() -> None:
+    data = "Numero\tNome\r\n02 1234 5678\tCaffè Rossi\r\n347 123 4567\tBianchi\r\n".encode("utf-16")
+    report = parse_csv(data, "IT")
+    assert (report.rows, report.errors) == ([(MILAN, "Caffè Rossi"), (MOBILE, "Bianchi")], [])
+    assert report.lines == {MILAN: 2, MOBILE: 3}
+
+
+# a cell, the region, the row imported (None: not imported), the note or error
+ZEROS = [
+    pytest.param("212345678", "IT", MILAN, ZeroNote("added", "212345678", MILAN), id="milan-without-0"),
+    pytest.param("6 1234 5678", "IT", ROME_FIX, ZeroNote("added", "6 1234 5678", ROME_FIX), id="rome-spaced"),
+    pytest.param("4930123456", "IT", None, "4930123456 is not a valid number: a spreadsheet dropped its leading 0 "
+                 "(049 3012 3456) or its + (+4930123456)? Write it in full and import it again",
+                 id="padova-or-berlin"),
+    pytest.param("844123456", "IT", "+39844123456", ZeroNote("unsure", "844123456", "+39844123456"),
+                 id="invalid-either-way"),
+    pytest.param("3471234567", "IT", MOBILE, None, id="mobile-is-fine"),
+    pytest.param("0212345678", "IT", MILAN, None, id="with-0-is-fine"),
+    pytest.param("390212345678", "IT", MILAN, None, id="country-code-without-plus"),
+    pytest.param("+39212345678", "IT", "+39212345678", None, id="written-with-plus-is-as-written"),
+    pytest.param("612345678", "FR", "+33612345678", None, id="france-drops-its-0-anyway"),
+]
+
+
+@pytest.mark.parametrize(("cell", "region", "row", "remark"), ZEROS)
+def test_a_dropped_leading_zero_is_flagged(cell: str, region: str, row: str | None, remark: object) -> None:
+    report = parse_csv(f"number,label\n{cell},x\n", region)
+    assert report.rows == ([(row, "x")] if row else [])
+    if isinstance(remark, str):
+        assert (report.errors, report.notes) == ([(2, remark)], [])
+    else:
+        assert (report.errors, report.notes) == ([], [(2, remark)] if remark else [])
+
+
+def test_zero_notes_in_words() -> None:
+    assert str(ZeroNote("added", "212345678", MILAN)) == (
+        "212345678 read as 02 1234 5678: a spreadsheet had dropped its leading 0 (format the column as text)")
+    assert str(ZeroNote("unsure", "844123456", "+39844123456")).startswith(
+        "844123456 is not a valid number, with or without a leading 0: imported as written")
+
+
+@pytest.mark.parametrize(("cell", "covers"), [("+39*", "every number of +39"), ("0*", "every number of +39 "
+                                              "starting with 0"), ("+393*", "every number of +39 starting with 3")])
+def test_a_prefix_for_a_whole_country_is_not_imported(cell: str, covers: str) -> None:
+    report = parse_csv(f"{cell},all\n0844*,tm\n", "IT")
+    pattern = cell if cell.startswith("+") else "+390*"
+    assert report.rows == [("+390844*", "tm")]
+    assert report.errors == [(1, f"{pattern} covers {covers}: add it by hand if you mean it")]
+
+
+def test_lines_follow_the_last_duplicate() -> None:
+    report = parse_csv("number\n0212345678\n3471234567\n02 1234 5678\n", "IT")
+    assert report.lines == {MILAN: 4, MOBILE: 3}
 
 
 # --- export ---------------------------------------------------------------------------------------------
@@ -203,7 +278,7 @@ ENTRIES = [
     FakeEntry("screen", "class:foreign", "@foreign", source="preset:it"),
     FakeEntry("block", "+390844*", "l'amico \"caro\""),
     FakeEntry("block", "+39899*", "\tpremium"),
-    FakeEntry("screen", "+33*", "+France;=1+1"),
+    FakeEntry("screen", "+33612*", "+France;=1+1"),
 ]
 
 
@@ -277,6 +352,18 @@ def test_import_rows_commits_each_batch_on_its_own(st: store.Store, n: int, batc
     assert all(0 <= p <= 0.1 for p in pauses) and result.max_lock_s >= max(pauses, default=0)
     with st.read() as s:
         assert s.scalar(select(func.count()).select_from(store.ListEntry)) == n
+
+
+def test_import_rows_leaves_allowed_numbers_and_says_which(st: store.Store) -> None:
+    with st.write() as s:
+        store.put_entry(s, "allow", "+390200000003", label="mum")
+        store.put_entry(s, "allow", "+390200000007")
+    rows = [(f"+3902{i:08d}", "spam") for i in range(10)]
+    result = import_rows(st, "block", rows, source="t", batch=4, sleep=lambda s: None)
+    assert (result.imported, result.total, result.skipped) == (8, 10, ("+390200000003", "+390200000007"))
+    with st.read() as s:
+        lists = dict(s.execute(select(store.ListEntry.pattern, store.ListEntry.list)).all())
+    assert lists["+390200000003"] == lists["+390200000007"] == "allow" and list(lists.values()).count("block") == 8
 
 
 def test_import_rows_reports_how_far_it_got_when_the_database_fails(st: store.Store) -> None:

@@ -47,6 +47,7 @@ class FakeCall:
     outcome: str | None = "failed_challenge"
     digits: str = ""
     duration_s: float | None = 8.04
+    talk_s: float | None = None
     voicemail_path: str | None = None
 
 
@@ -140,8 +141,15 @@ def test_row_fields() -> None:
         "caller_raw": "0212345678", "e164": "+390212345678", "withheld": False, "name": "Energia Srl",
         "call_id": "a84b4c76e66710@pc33.example", "from_raw": "<sip:0212345678@fritz.box>",
         "pai_raw": "<sip:+390212345678@carrier>", "decision": "screen", "outcome": "failed_challenge",
-        "rule": "screen foreign", "reason": "no rule matched", "duration_s": 8.0, "digits": "5", "voicemail": True,
-        "outside_code_hours": False}
+        "rule": "screen foreign", "reason": "no rule matched", "duration_s": 8.0, "talk_s": None,
+        "digits": "5", "voicemail": True,
+        "silent_message": False, "outside_code_hours": False}
+
+
+def test_silent_message_is_flagged() -> None:
+    call = FakeCall(utc("2026-03-04T11:00:00"), outcome="passed", reason="no rule matched: default screen; silent message")
+    [row] = evidence_rows([call], ROME, None)
+    assert (row["silent_message"], row["voicemail"]) == (True, False)
 
 
 def test_withheld_call() -> None:

@@ -1,4 +1,5 @@
-"""Presets are data: canonical patterns on real lists with a source, and the decisions the `it` preset makes."""
+"""Presets are data: canonical patterns on real lists with a source, and the decisions the `it` preset makes;
+applying one fills in only what is missing, and `init` applies a configured one once."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
+from screener import presets, store
 from screener.numbers import parse_caller
 from screener.presets import PRESETS
 from screener.rules import ACTIONS, Rule, RuleSet, decide, normalize_pattern
@@ -77,3 +80,43 @@ def test_fr_preset_decisions(number: str, action: str) -> None:
     d = decide(parse_caller(number, "FR"), RuleSet(rules, "FR", ZoneInfo("Europe/Paris"), "allow"),
                datetime(2026, 3, 4, 12, 0, tzinfo=ROME))
     assert d.action == action
+
+
+# --- applying: one implementation for the CLI, `init` and the dashboard ----------------------------------
+
+def _entries(st: store.Store) -> dict[str, tuple[str, str, str, bool]]:
+    with st.read() as s:
+        return {e.pattern: (e.list, e.label, e.source, e.enabled) for e in s.scalars(select(store.ListEntry))}
+
+
+def test_apply_fills_in_only_what_is_missing(st: store.Store) -> None:
+    with st.write() as s:
+        store.put_entry(s, "allow", "+390844*", label="my market research")
+        store.put_entry(s, "block", "class:foreign", label="nobody abroad")
+        store.set_enabled(s, "class:foreign", False)
+    with st.write() as s:
+        got = presets.apply(s, "it")
+    n = len(PRESETS["it"].entries)
+    assert got == presets.Applied("it", n - 2, 2)
+    entries = _entries(st)
+    assert entries["+390844*"] == ("allow", "my market research", "user", True)
+    assert entries["class:foreign"] == ("block", "nobody abroad", "user", False)  # still switched off
+    assert entries["+390843*"] == ("screen", "0843: statistical surveys", "preset:it", True)
+    with st.write() as s:
+        assert presets.apply(s, "it") == presets.Applied("it", 0, n)
+
+
+def test_apply_configured_applies_each_preset_once(st: store.Store) -> None:
+    with st.write() as s:
+        assert [a.name for a in presets.apply_configured(s, ["it"])] == ["it"]
+    with st.write() as s:
+        store.remove_entry(s, "+390844*")
+    with st.write() as s:
+        assert presets.apply_configured(s, ["it"]) == []
+        assert [a.name for a in presets.apply_configured(s, ["it", "fr"])] == ["fr"]
+    assert "+390844*" not in _entries(st)
+
+
+def test_an_unknown_preset_is_a_key_error(st: store.Store) -> None:
+    with pytest.raises(KeyError), st.write() as s:
+        presets.apply(s, "es")

@@ -437,3 +437,17 @@ def test_make_window_errors(days: str | None, start: str | None, end: str | None
 ])
 def test_make_window(days: str | None, start: str | None, end: str | None, window: Window | None) -> None:
     assert make_window(days, start, end) == window
+
+
+@pytest.mark.parametrize(("pattern", "covers"), [
+    ("+39*", "every number of +39"), ("+390*", "every number of +39 starting with 0"),
+    ("+393*", "every number of +39 starting with 3"), ("+3934*", "every number of +39 starting with 34"),
+    ("+1*", "every number of +1"), ("+880*", "every number of +880"), ("+4*", "numbers of several countries"),
+    ("+39347*", None), ("+390844*", None), ("+1212*", None), ("+88012*", "every number of +880 starting with 12"),
+    ("+880123*", None), ("+390212345678", None), ("class:foreign", None),
+])
+def test_wide_prefix(pattern: str, covers: str | None) -> None:
+    from screener.rules import wide_prefix
+
+    wide = wide_prefix(pattern)
+    assert (str(wide) if wide else None) == covers

@@ -47,6 +47,8 @@ class FakeCall:
     end_reason: str | None = None
     rows_at_first_action: list[tuple[str | None, str]] = field(default_factory=list)
     db: store.Store | None = None
+    house: FakeLeg | None = None  # what dial() returns
+    hang_up_in_bridge: str = "caller"  # who ends a bridged call
     _ended: bool = False
     _answered: bool = False
     _plays: int = 0
@@ -130,6 +132,73 @@ class FakeCall:
             return True
         return self._ended  # nobody cancels: the time runs out at once instead of really waiting
 
+    def play_background(self, pcm: bytes) -> None:
+        self.log.append("ringback")
+
+    def stop_playback(self) -> None:
+        pass
+
+    def dial(self, target: str, *, from_user: str, display: str,
+             credentials: tuple[str, str] | None = None) -> FakeLeg | None:
+        self.log.append(f"dial {target} from {from_user} {display!r}" + (f" as {credentials[0]}" if credentials else ""))
+        if self.house is not None:
+            self.house.caller = self
+        return self.house
+
+    def bridge(self, leg: FakeLeg, max_seconds: float) -> str:
+        assert max_seconds > 0
+        self.log.append("bridge")
+        leg.log.append("bridge")
+        if self.hang_up_in_bridge == "caller":
+            self._end("bye")
+        leg._ended = True
+        return self.hang_up_in_bridge
+
+
+@dataclass
+class FakeLeg:
+    """The household's phone, scripted: how it answers the ring-through and which key it presses."""
+
+    result: str = "answered"
+    final_code: int | None = None
+    keys: list[str | None] = field(default_factory=list)
+    caller_hangs_up: bool = False  # the caller hangs up while the house rings
+    log: list[str] = field(default_factory=list)
+    caller: FakeCall | None = None
+    _ended: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def wait_answered(self, timeout: float) -> str:
+        self.log.append(f"ringing {timeout:g}")
+        if self.caller_hangs_up and self.caller is not None:
+            self.caller._end("bye")
+            return "caller_gone"
+        return self.result
+
+    def cancel(self) -> None:
+        if not self._ended:
+            self.log.append("cancel")
+        self._ended = True
+
+    def hangup(self) -> None:
+        self.log.append("hangup")
+        self._ended = True
+
+    def play(self, pcm: bytes, *, until_digit: bool = False) -> bool:
+        self.log.append(f"play {len(pcm)}")
+        return not self._ended
+
+    def wait_digit(self, timeout: float) -> str | None:
+        if self._ended:
+            return None
+        key = self.keys.pop(0) if self.keys else None
+        if key is None and not self.keys:
+            self._ended = True  # nothing more scripted: the household hangs up
+        return key
+
 
 
 class FlushingHandler(CallHandler):
@@ -140,8 +209,10 @@ class FlushingHandler(CallHandler):
         assert self.flush(5.0)
 
 
+ANNOUNCER = audio.Announcer(ask_name=b"n" * 400, call_from=b"f" * 200, options=b"o" * 600, done=b"d" * 100,
+                            keys={k: b"k" * 20 for k in "0123456789*#"})
 PROMPTS = audio.Prompts(challenge=b"c" * 8000, passed=b"p" * 800, failed=b"f" * 1600, blocked=b"b" * 2400,
-                        voicemail=b"v" * 3200)
+                        voicemail=b"v" * 3200, hold=b"h" * 1000, announcer=ANNOUNCER)
 
 
 @pytest.fixture
@@ -255,6 +326,105 @@ def test_call_table(make, name, body, entries, script, actions, outcome, decisio
         assert call.rows_at_first_action == [(None, decision)]
 
 
+RT = '[ring_through]\ntarget = "sip:**9@fritz.box"\n'
+GATE = '[sip]\nmode = "gatekeeper"\n' + RT
+DIAL = "dial sip:**9@fritz.box from 0212345678 '0212345678 (screened)'"
+PASSED = ["ring", "answer", PLAY_C, "digit 5", f"play {len(PROMPTS.passed)}"]
+VOICEMAIL = [f"play {len(PROMPTS.voicemail)}", "play 5600", "record 120"]
+ANNOUNCE = len(ANNOUNCER.announcement(ANNOUNCER.number("0212345678")))
+
+# (name, config, list entries, caller script, house script, caller's actions, house's actions, outcome, reason part)
+RING_THROUGH = [
+    ("house takes it", RT, [], dict(keys=["5"]), dict(keys=["1"]),
+     [*PASSED, "play 1000", "ringback", DIAL, "bridge"], ["ringing 25", f"play {ANNOUNCE}", "bridge"],
+     "connected", "the caller hung up"),
+    ("house hangs up first", RT, [], dict(keys=["5"], hang_up_in_bridge="household"), dict(keys=["1"]),
+     [*PASSED, "play 1000", "ringback", DIAL, "bridge", "hangup"], ["ringing 25", f"play {ANNOUNCE}", "bridge"],
+     "connected", "the household hung up"),
+    ("no announcement: bridged at once", RT + "announce = false\n", [], dict(keys=["5"]), {},
+     [*PASSED, "play 1000", "ringback", DIAL, "bridge"], ["ringing 25", "bridge"], "connected", ""),
+    ("house sends it to voicemail", RT, [], dict(keys=["5"], voice_seconds=2.0), dict(keys=[None, "2"]),
+     [*PASSED, "play 1000", "ringback", DIAL, *VOICEMAIL, "hangup"],
+     ["ringing 25", f"play {ANNOUNCE}", "play 100", "hangup"], "passed", "the household sent it to voicemail"),
+    ("house blocks it", RT, [], dict(keys=["5"]), dict(keys=["9"]),
+     [*PASSED, "play 1000", "ringback", DIAL, PLAY_B, "hangup"], ["ringing 25", f"play {ANNOUNCE}", "play 100",
+                                                                  "hangup"],
+     "blocked_by_household", ""),
+    ("house answers and says nothing", RT, [], dict(keys=["5"]), dict(keys=[]),
+     [*PASSED, "play 1000", "ringback", DIAL, *VOICEMAIL], ["ringing 25", f"play {ANNOUNCE}"],
+     "passed", "the household answered but did not choose"),
+    ("house does not answer", RT + "timeout = 20\n", [], dict(keys=["5"]), dict(result="no_answer"),
+     [*PASSED, "play 1000", "ringback", DIAL, *VOICEMAIL], ["ringing 20", "cancel"],
+     "passed", "the house did not answer within 20 s"),
+    ("house busy", RT, [], dict(keys=["5"]), dict(result="busy", final_code=486),
+     [*PASSED, "play 1000", "ringback", DIAL, *VOICEMAIL], ["ringing 25", "cancel"],
+     "passed", "the house was busy (486)"),
+    ("caller hangs up while the house rings", RT, [], dict(keys=["5"]), dict(caller_hangs_up=True),
+     [*PASSED, "play 1000", "ringback", DIAL], ["ringing 25", "cancel"],
+     "caller_hung_up", "the caller hung up while the house rang"),
+    ("own credentials for the target", RT + 'username = "house"\npassword = "pw"\n', [], dict(keys=["5"]),
+     dict(keys=["1"]), [*PASSED, "play 1000", "ringback", DIAL + " as house"], [], "connected", ""),
+    ("gatekeeper: allowed caller put through", GATE, [("allow", "+390212345678")], {}, {},
+     ["ring", DIAL, "answer", "bridge"], ["ringing 180", "bridge"], "connected", ""),
+    ("gatekeeper: house busy gives the caller 486", GATE, [("allow", "+390212345678")], {},
+     dict(result="busy", final_code=486), ["ring", DIAL, "decline 486"], ["ringing 180", "cancel"], "missed",
+     "the house was busy (486)"),
+    ("gatekeeper: nobody answers, 480, nothing answered", GATE, [("allow", "+390212345678")], {},
+     dict(result="no_answer"), ["ring", DIAL, "decline 480"], ["ringing 180", "cancel"], "missed",
+     "the house did not answer within 180 s"),
+    ("gatekeeper: blocked caller never rings the house", GATE, [("block", "+390212345678")], {}, {},
+     ["decline 603"], [], "blocked", ""),
+    ("gatekeeper: unknown caller screened first", GATE, [], dict(keys=["5"]), dict(keys=["1"]),
+     [*PASSED, "play 1000", "ringback", DIAL, "bridge"], ["ringing 25", f"play {ANNOUNCE}", "bridge"],
+     "connected", ""),
+]
+
+
+@pytest.mark.parametrize("name,body,entries,script,house,actions,house_actions,outcome,reason", RING_THROUGH,
+                         ids=[c[0] for c in RING_THROUGH])
+def test_ring_through_table(make, name, body, entries, script, house, actions, house_actions, outcome, reason):
+    handler, db, _ = make(body)
+    for list_, pattern in entries:
+        add(db, list_, pattern)
+    leg = FakeLeg(**house)
+    call = FakeCall(db=db, house=leg, **script)
+    handler(call)
+    assert call.log[: len(actions)] == actions
+    assert leg.log[: len(house_actions)] == house_actions
+    (row,) = rows(db)
+    assert row.outcome == outcome
+    assert reason in row.reason
+    assert (row.talk_s is not None) == (outcome == "connected")
+    with db.read() as s:
+        entry = s.scalar(select(store.ListEntry).where(store.ListEntry.pattern == "+390212345678"))
+    if outcome == "blocked_by_household":
+        assert (entry.list, entry.source) == ("block", "household")
+    elif outcome in ("connected", "passed") and not entries:
+        assert (entry.list, entry.source) == ("allow", "verified")
+
+
+def test_ring_through_asks_the_name_and_announces_it(make):
+    handler, db, cfg = make(RT + "ask_name = true\n")
+    leg = FakeLeg(keys=["1"])
+    call = FakeCall(db=db, house=leg, keys=["5"], voice_seconds=2.0)
+    handler(call)
+    assert call.log[5:9] == [f"play {len(ANNOUNCER.ask_name)}", "play 5600", "record 4", "play 1000"]
+    name_pcm = 2 * int(2.0 * 8000)
+    assert leg.log[1] == f"play {len(ANNOUNCER.announcement(b'x' * name_pcm))}"
+    (row,) = rows(db)
+    assert row.outcome == "connected" and row.name_path and (cfg.data_path / row.name_path).is_file()
+
+
+def test_ring_through_beyond_max_bridged_calls_goes_to_voicemail(make):
+    handler, db, _ = make(RT + "max_bridged_calls = 1\n")
+    assert handler._bridged.acquire(blocking=False)  # one call already put through
+    call = FakeCall(db=db, house=FakeLeg(keys=["1"]), keys=["5"], voice_seconds=2.0)
+    handler(call)
+    assert not any(a.startswith("dial") for a in call.log)
+    (row,) = rows(db)
+    assert row.outcome == "passed" and "too many calls put through at once" in row.reason and row.voicemail_path
+
+
 def test_row_fields_and_hit_count(make):
     handler, db, _ = make()
     add(db, "block", "+390212345678")
@@ -343,6 +513,23 @@ def test_short_or_no_voicemail_is_not_kept(make):
     assert row.outcome == "passed" and row.voicemail_path is None
     with db.read() as s:
         assert s.scalar(select(store.ListEntry)) is None
+
+
+class SilentCall(FakeCall):
+    """A caller who passes the check and then leaves only dead air."""
+
+    def record(self, max_seconds: float, silence_seconds: float = 5.0) -> bytes:
+        self.log.append(f"record {max_seconds:g}")
+        return audio.silence(6.0)
+
+
+def test_silent_voicemail_is_not_kept_and_the_call_says_so(make):
+    handler, db, cfg = make("[screening]\nremember_verified = false\n")
+    handler(SilentCall(keys=["5"]))
+    (row,) = rows(db)
+    assert (row.outcome, row.voicemail_path) == ("passed", None)
+    assert row.reason.endswith("; silent message")
+    assert not (cfg.data_path / "voicemail").exists() or not any((cfg.data_path / "voicemail").iterdir())
 
 
 def test_voicemail_disabled(make):
@@ -449,6 +636,15 @@ def test_rules_snapshot_follows_list_changes(st):
         store.put_entry(s, "allow", "+39021*")  # moved to another list: same count, same ids
     snap.refresh(st, 3.0)
     assert [r.list for r in snap.rules_for(caller)] == ["allow"]
+    # switched off and on again: same count, ids, lists and windows
+    with st.write() as s:
+        store.set_enabled(s, "+39021*", False)
+    snap.refresh(st, 3.5)
+    assert snap.rules_for(caller) == ()
+    with st.write() as s:
+        store.set_enabled(s, "+39021*", True)
+    snap.refresh(st, 3.7)
+    assert [r.list for r in snap.rules_for(caller)] == ["allow"]
     # a caller's own lookup after the last refresh is the fresher answer
     snap.remember(caller, (), 4.0)
     assert snap.rules_for(caller) == ()
@@ -496,8 +692,11 @@ class FakeAgent:
         self.stopped = True
 
 
+ACCOUNT = '[sip]\nserver = "127.0.0.1"\nusername = "home"\npassword = "secret"\n'
+
+
 def test_service_start_closes_interrupted_rows_and_stores_status(write_config):
-    cfg = config.load(write_config(""))
+    cfg = config.load(write_config(ACCOUNT))
     db = store.Store(cfg.database_url)
     store.upgrade(db)
     with db.write() as s:
@@ -533,7 +732,7 @@ def migrated(cfg: config.Config) -> None:
 
 
 def test_run_stops_on_sigterm_and_restores_handlers(write_config):
-    cfg = config.load(write_config(""))
+    cfg = config.load(write_config(ACCOUNT))
     migrated(cfg)
     def ignore(signum, frame) -> None:  # a stray SIGTERM must never end the test run itself
         pass

@@ -377,3 +377,225 @@ def test_packets_follow_the_offered_ptime_and_a_hold_sends_nothing(pool, far):
         assert got is not None and len(got[0]) == 12 + 80  # 10 ms now
     finally:
         s.stop(wait=1)
+
+
+# the bridge (ring-through): two sessions relaying to each other
+
+
+@pytest.fixture
+def legs():
+    """Two far ends and a factory of two sessions on them: leg A (caller) and leg B (household)."""
+    pool = PortPool("127.0.0.1", 42000, 42099)
+    far_a, far_b = Peer(), Peer()
+    made: list[RtpSession] = []
+
+    def make(codec_a: str = "PCMU", codec_b: str = "PCMA", event_b: int | None = 96, **kw):
+        a = RtpSession(pool, pool.bind(), codec_a, CODEC_PT[codec_a], 101, far_a.addr, **kw)
+        b = RtpSession(pool, pool.bind(), codec_b, CODEC_PT[codec_b], event_b, far_b.addr)
+        made.extend((a, b))
+        a.start()
+        b.start()
+        assert far_a.recv_raw(1) and far_b.recv_raw(1)  # both streams run on their own clock
+        return a, b
+
+    yield pool, far_a, far_b, make
+    for s in made:
+        s.stop(wait=1)
+    far_a.close()
+    far_b.close()
+    assert pool.in_use == frozenset()
+
+
+CODEC_PT = {"PCMU": 0, "PCMA": 8}
+LAW = {"PCMU": (audioop.lin2ulaw, audioop.ulaw2lin), "PCMA": (audioop.lin2alaw, audioop.alaw2lin)}
+
+
+def drain(*peers: Peer) -> list[bytes]:
+    """Everything already sent to `peers`; the last packet each stream sent before the quiet."""
+    got = []
+    for p in peers:
+        while (pkt := p.recv_raw(0.15)) is not None:
+            got.append(pkt[0])
+    return got
+
+
+def header(pkt: bytes) -> tuple[bool, int, int, int, int]:
+    """(marker, payload type, sequence, timestamp, SSRC)"""
+    second, seq, ts, ssrc = struct.unpack_from("!xBHII", pkt)
+    return bool(second & 0x80), second & 0x7F, seq, ts, ssrc
+
+
+def bridge(a: RtpSession, b: RtpSession) -> None:
+    a.relay_to(b)
+    b.relay_to(a)
+
+
+def bridge_after_own_frame(a: RtpSession, b: RtpSession, far_b: Peer) -> bytes:
+    """Bridge a and b; the last frame b sent on its own clock before that."""
+    got = far_b.recv_raw(1)
+    assert got is not None
+    bridge(a, b)
+    return ([got[0], *drain(far_b)])[-1]
+
+
+@pytest.mark.parametrize("codec_a,codec_b", [("PCMU", "PCMA"), ("PCMA", "PCMU"), ("PCMU", "PCMU"), ("PCMA", "PCMA")])
+def test_the_bridge_carries_audio_both_ways_in_each_leg_s_law(legs, codec_a, codec_b):
+    _, far_a, far_b, make = legs
+    a, b = make(codec_a, codec_b)
+    b.play(tone(seconds=2))  # a prompt still queued on the household's leg is dropped, not mixed in
+    bridge(a, b)
+    drain(far_a, far_b)
+    assert far_a.recv_raw(0.2) is None and far_b.recv_raw(0.2) is None  # no stream of their own any more
+    sound = tone(freq=700, seconds=0.1, amp=6000)
+    for src, dst, law_in, law_out, s in ((far_a, far_b, codec_a, codec_b, a), (far_b, far_a, codec_b, codec_a, b)):
+        encoded = LAW[law_in][0](sound, 2)
+        to = ("127.0.0.1", s.port)
+        for i in range(5):
+            src.send(rtp(CODEC_PT[law_in], i, 800 + i * 160, encoded[i * 160:(i + 1) * 160]), to)
+        payloads = collect(dst, 5, CODEC_PT[law_out])
+        assert len(payloads) == 5
+        received = b"".join(payloads)
+        if law_in == law_out:
+            assert received == encoded  # the same law: the bytes pass unchanged
+        else:  # transcoded byte for byte as G.711 through linear PCM would
+            assert received == LAW[law_out][0](LAW[law_in][1](encoded, 2), 2)
+        decoded = LAW[law_out][1](received, 2)
+        err = audioop.rms(audioop.add(decoded, audioop.mul(sound, 2, -1), 2), 2)
+        assert err < audioop.rms(sound, 2) * 0.05
+    assert a.read_frame(0.05) is None and b.read_frame(0.05) is None  # relayed audio is not buffered
+
+
+def test_telephone_events_pass_with_the_other_leg_s_payload_type_and_are_still_reported(legs):
+    _, far_a, far_b, make = legs
+    digits: list[str] = []
+    a, b = make(on_digit=digits.append)
+    bridge(a, b)
+    drain(far_a, far_b)
+    to = ("127.0.0.1", a.port)
+    far_a.send(rtp(0, 1, 4000, b"\xff" * 160), to)
+    sent = [dtmf(5, 4160), dtmf(5, 4160), dtmf(5, 4160, end=True)]
+    for pkt in sent:
+        far_a.send(pkt, to)
+    got = [far_b.recv_raw(1) for _ in range(4)]
+    assert all(g is not None for g in got)
+    heads = [header(g[0]) for g in got if g is not None]
+    assert [h[1] for h in heads] == [8, 96, 96, 96]
+    assert [g[0][12:] for g in got[1:] if g is not None] == [p[12:] for p in sent]  # the event itself unchanged
+    assert [h[0] for h in heads[1:]] == [True, True, False]  # the event's marker as the sender set it
+    assert heads[1][3] == heads[2][3] == heads[3][3] == (heads[0][3] + 160) & 0xFFFFFFFF  # one event, one time
+    assert wait_for(lambda: digits == ["5"])
+
+
+def test_events_are_not_relayed_to_a_leg_without_telephone_event(legs):
+    _, far_a, far_b, make = legs
+    digits: list[str] = []
+    a, b = make(event_b=None, on_digit=digits.append)
+    bridge(a, b)
+    drain(far_a, far_b)
+    far_a.send(dtmf(7, 100), ("127.0.0.1", a.port))
+    assert wait_for(lambda: digits == ["7"])
+    assert far_b.recv_raw(0.2) is None
+
+
+def test_the_relayed_stream_continues_the_leg_s_own_ssrc_sequence_and_timestamps(legs):
+    _, far_a, far_b, make = legs
+    a, b = make()
+    _, _, seq, ts, ssrc = header(bridge_after_own_frame(a, b, far_b))
+    to = ("127.0.0.1", a.port)
+    for i in range(3):  # the caller's own numbering, far from b's
+        far_a.send(rtp(0, 40000 + i, 123456 + i * 160, b"\x80" * 160), to)
+    relayed = [header(g[0]) for g in (far_b.recv_raw(1) for _ in range(3)) if g is not None]
+    assert [(m, s, t, c) for m, _, s, t, c in relayed] == [
+        (i == 0, (seq + 1 + i) & 0xFFFF, (ts + 160 * (1 + i)) & 0xFFFFFFFF, ssrc) for i in range(3)]
+    a.relay_to(None)  # b's own clock again, where the relayed audio ended
+    own = far_b.recv_raw(1)
+    assert own is not None
+    assert header(own[0]) == (True, 8, (seq + 4) & 0xFFFF, (ts + 640) & 0xFFFFFFFF, ssrc)
+    assert own[0][12:] == audioop.lin2alaw(b"\0" * 320, 2)  # silence, b's law
+    far_a.send(rtp(0, 40003, 123456 + 480, b"\x80" * 160), to)
+    assert a.read_frame(1) is not None  # a hears the caller again itself
+    far_b.send(rtp(8, 1, 1, b"\xd5" * 160), ("127.0.0.1", b.port))
+    back = far_a.recv_raw(1)  # b -> a still relays
+    assert back is not None and header(back[0])[1] == 0 and back[0][12:] == b"\xff" * 160
+
+
+def test_a_late_packet_does_not_move_the_timeline_back(legs):
+    _, far_a, far_b, make = legs
+    a, b = make()
+    _, _, seq, ts, _ = header(bridge_after_own_frame(a, b, far_b))
+    to = ("127.0.0.1", a.port)
+    for i in (0, 2, 1):  # packet 1 overtaken by packet 2
+        far_a.send(rtp(0, i, 1000 + i * 160, b"\x80" * 160), to)
+    stamps = [header(g[0])[3] for g in (far_b.recv_raw(1) for _ in range(3)) if g is not None]
+    assert stamps == [(ts + k) & 0xFFFFFFFF for k in (160, 480, 320)]
+    a.relay_to(None)
+    own = far_b.recv_raw(1)
+    assert own is not None and header(own[0])[3] == (ts + 640) & 0xFFFFFFFF
+
+
+def test_stopping_one_leg_ends_the_bridge_and_the_other_goes_on_alone(legs):
+    pool, far_a, far_b, make = legs
+    a, b = make()
+    bridge(a, b)
+    drain(far_a, far_b)
+    port_b = b.port
+    b.stop(wait=1)
+    assert port_b not in pool.in_use
+    own = far_a.recv_raw(1)  # a sends on its own clock again: the handler can play the caller a prompt
+    assert own is not None and own[0][12:] == b"\xff" * 160
+    far_a.send(rtp(0, 1, 1000, b"\x80" * 160), ("127.0.0.1", a.port))
+    assert a.read_frame(1) is not None
+    mark = a.play(tone(seconds=0.06))
+    assert a.wait_played(mark, 2)
+    a.relay_to(b)  # relaying to an ended session does nothing
+    far_a.send(rtp(0, 2, 1160, b"\x80" * 160), ("127.0.0.1", a.port))
+    assert a.read_frame(1) is not None
+    a.stop(wait=1)
+    assert pool.in_use == frozenset()
+
+
+def test_playback_queued_while_relayed_is_dropped_at_once(legs):
+    _, far_a, far_b, make = legs
+    a, b = make()
+    bridge(a, b)
+    drain(far_b)
+    mark = b.play(tone(seconds=3))
+    assert b.wait_played(mark, 1)
+    assert far_b.recv_raw(0.2) is None
+
+
+def test_a_session_cannot_relay_to_itself(legs):
+    _, _, _, make = legs
+    a, _ = make()
+    with pytest.raises(ValueError):
+        a.relay_to(a)
+
+
+@pytest.mark.parametrize("stopped", ["a", "b"])
+def test_a_leg_stopped_while_audio_flows_both_ways_ends_the_bridge_cleanly(legs, stopped):
+    pool, far_a, far_b, make = legs
+    a, b = make()
+    bridge(a, b)
+    done = threading.Event()
+
+    def talk(peer: Peer, to: tuple[str, int], pt: int) -> None:
+        i = 0
+        while not done.is_set():
+            peer.send(rtp(pt, i & 0xFFFF, i * 160, b"\x80" * 160), to)
+            i += 1
+            time.sleep(0.001)
+
+    talkers = [threading.Thread(target=talk, args=(far_a, ("127.0.0.1", a.port), 0)),
+               threading.Thread(target=talk, args=(far_b, ("127.0.0.1", b.port), 8))]
+    for t in talkers:
+        t.start()
+    try:
+        assert far_b.recv_raw(1) and far_a.recv_raw(1)
+        gone, left = (a, b) if stopped == "a" else (b, a)
+        gone.stop(wait=1)
+        assert gone.port not in pool.in_use
+        assert wait_for(lambda: left.read_frame(0.05) is not None)  # the other leg hears its own caller again
+    finally:
+        done.set()
+        for t in talkers:
+            t.join()

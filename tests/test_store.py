@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from screener import store
 from screener.numbers import parse_caller
@@ -24,7 +24,8 @@ def _rules(st: store.Store, number: str, default: str = "screen"):
 def test_upgrade_creates_every_table_and_is_idempotent(st: store.Store) -> None:
     store.upgrade(st)
     names = set(inspect(st.engine).get_table_names())
-    assert {"list_entries", "calls", "users", "sip_status", "number_notes", "alembic_version"} <= names
+    assert {"list_entries", "calls", "users", "sip_status", "number_notes", "applied_presets",
+            "alembic_version"} <= names
 
 
 def test_migrations_match_the_models(st: store.Store) -> None:
@@ -73,14 +74,120 @@ def test_ruleset_for_finds_number_prefixes_and_classes_only(st: store.Store) -> 
     assert (d.action, d.rule.pattern) == ("block", "+390212345678")
 
 
-def test_bulk_put_upserts_and_moves(st: store.Store) -> None:
+def test_bulk_put_upserts_and_moves_but_never_an_allowed_number(st: store.Store) -> None:
     with st.write() as s:
         store.put_entry(s, "allow", "+390211111111", label="friend")
-        n = store.bulk_put(s, "block", [("+390211111111", "now blocked"), ("+390844*", "tm")], source="import")
-    assert n == 2
+        store.put_entry(s, "screen", "+390222222222", label="maybe", window=make_window("mon-fri", "9:00", "18:00"))
+        store.put_entry(s, "screen", "+390233333333")
+        skipped: list[str] = []
+        n = store.bulk_put(s, "block", [("+390211111111", "now blocked"), ("+390844*", "tm"),
+                                        ("+390222222222", "spam"), ("+390233333333", "spam")], source="import",
+                           skipped=skipped)
+    assert (n, skipped) == (3, ["+390211111111"])
     with st.read() as s:
-        rows = {e.pattern: (e.list, e.label, e.source) for e in s.scalars(select(store.ListEntry))}
-    assert rows == {"+390211111111": ("block", "now blocked", "import"), "+390844*": ("block", "tm", "import")}
+        rows = {e.pattern: (e.list, e.label, e.source, e.time_from) for e in s.scalars(select(store.ListEntry))}
+    assert rows == {"+390211111111": ("allow", "friend", "user", None), "+390844*": ("block", "tm", "import", None),
+                    # the label and window it had are kept, an empty label is filled in
+                    "+390222222222": ("block", "maybe", "import", "09:00"),
+                    "+390233333333": ("block", "spam", "import", None)}
+
+
+def test_bulk_put_into_the_allow_list_moves(st: store.Store) -> None:
+    with st.write() as s:
+        store.put_entry(s, "block", "+390211111111")
+        skipped: list[str] = []
+        assert store.bulk_put(s, "allow", [("+390211111111", "friend")], source="import", skipped=skipped) == 1
+    assert skipped == []
+    with st.read() as s:
+        assert s.scalar(select(store.ListEntry.list)) == "allow"
+
+
+def _state(st: store.Store, pattern: str) -> tuple[str, str, str | None, str | None, bool, str]:
+    with st.read() as s:
+        e = s.scalar(select(store.ListEntry).where(store.ListEntry.pattern == pattern))
+        return (e.list, e.label, e.days and str(e.window), e.time_from, e.enabled, e.source)
+
+
+MUM = make_window("mon-fri", "09:00", "18:00")
+EVE = make_window("sat,sun", "20:00", "22:00")
+
+# what is there (list, label, window), what is added (list, label, window, replace),
+# the result (list, label, window shown) or the conflict
+ADDS = [
+    pytest.param(("allow", "mum", MUM), ("block", "", None, False), ("block", "mum", "mon-fri 09:00-18:00"),
+                 id="move-keeps-label-and-window"),
+    pytest.param(("allow", "mum", MUM), ("block", "mum", MUM, False), ("block", "mum", "mon-fri 09:00-18:00"),
+                 id="same-label-and-window-is-no-conflict"),
+    pytest.param(("allow", "", None), ("block", "pest", EVE, False), ("block", "pest", "sat,sun 20:00-22:00"),
+                 id="missing-label-and-window-are-filled-in"),
+    pytest.param(("allow", "mum", MUM), ("block", "pest", None, False), "conflict", id="other-label"),
+    pytest.param(("allow", "mum", MUM), ("block", "", EVE, False), "conflict", id="other-window"),
+    pytest.param(("block", "mum", MUM), ("block", "pest", None, False), "conflict", id="other-label-same-list"),
+    pytest.param(("allow", "mum", MUM), ("block", "pest", None, True), ("block", "pest", None), id="replace"),
+    pytest.param(("allow", "mum", MUM), ("block", "", None, True), ("block", "", None), id="replace-with-nothing"),
+]
+
+
+@pytest.mark.parametrize(("there", "add", "result"), ADDS)
+def test_add_entry_keeps_what_it_would_overwrite(st: store.Store, there: tuple, add: tuple, result: object) -> None:
+    with st.write() as s:
+        store.put_entry(s, there[0], "+390212345678", label=there[1], window=there[2], source="preset:it")
+        store.set_enabled(s, "+390212345678", False)
+    list_, label, window, replace = add
+    if result == "conflict":
+        with pytest.raises(store.EntryConflict) as e, st.write() as s:
+            store.add_entry(s, list_, "+390212345678", label=label, window=window, replace=replace)
+        assert e.value.before == store.Before(there[0], there[1], there[2], False)
+        assert _state(st, "+390212345678")[:2] == there[:2]  # nothing changed
+        return
+    with st.write() as s:
+        added = store.add_entry(s, list_, "+390212345678", label=label, window=window, replace=replace)
+        assert added.before == store.Before(there[0], there[1], there[2], False)
+        assert added.moved_from == (there[0] if there[0] != list_ else None)
+    state = _state(st, "+390212345678")
+    assert (state[0], state[1], state[2]) == result
+    assert state[4:] == (True, "user")  # switched on again; the user's entry now
+
+
+def test_add_entry_of_a_new_pattern(st: store.Store) -> None:
+    with st.write() as s:
+        added = store.add_entry(s, "block", "+39021*", label="Milan", window=MUM)
+        assert (added.before, added.moved_from, added.kept) == (None, None, False)
+    assert _state(st, "+39021*") == ("block", "Milan", "mon-fri 09:00-18:00", "09:00", True, "user")
+
+
+def test_a_switched_off_entry_decides_nothing(st: store.Store) -> None:
+    with st.write() as s:
+        store.put_entry(s, "block", "+390212345678", label="pest")
+        store.put_entry(s, "allow", "+3902*")
+        assert store.set_enabled(s, "+390212345678", False) is not None
+        assert store.set_enabled(s, "+390299999999", False) is None
+    caller, rules = _rules(st, "0212345678")
+    assert [r.pattern for r in rules.rules] == ["+3902*"]
+    assert decide(caller, rules, datetime(2026, 1, 1, tzinfo=UTC)).action == "allow"
+    assert _state(st, "+390212345678") == ("block", "pest", None, None, False, "user")  # kept as it was
+    with st.write() as s:
+        store.set_enabled(s, "+390212345678", True)
+    caller, rules = _rules(st, "0212345678")
+    assert decide(caller, rules, datetime(2026, 1, 1, tzinfo=UTC)).action == "block"
+
+
+def test_migration_0004_keeps_entries_on_and_records_applied_presets(st: store.Store) -> None:
+    from alembic import command
+
+    cfg = store._alembic_config(st.url)
+    with st.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    with st.engine.begin() as conn:
+        for pattern, source in (("+390844*", "preset it"), ("+33162*", "preset:fr"), ("+390212345678", "user")):
+            conn.execute(text("INSERT INTO list_entries (list, pattern, label, source, created_at, hit_count)"
+                              " VALUES ('block', :p, '', :s, CURRENT_TIMESTAMP, 0)"), {"p": pattern, "s": source})
+    store.upgrade(st)
+    with st.read() as s:
+        assert {(e.pattern, e.source, e.enabled) for e in s.scalars(select(store.ListEntry))} == {
+            ("+390844*", "preset:it", True), ("+33162*", "preset:fr", True), ("+390212345678", "user", True)}
+        assert set(s.scalars(select(store.AppliedPreset.name))) == {"it", "fr"}
 
 
 def test_call_round_trip_keeps_utc_and_text(st: store.Store) -> None:

@@ -35,7 +35,7 @@ from web.security import RateLimiter
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "i18n.set_language"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "i18n.set_language", "setup.first_user"})
 TOKEN_LIFETIME = 7 * 24 * 3600.0
 LOGIN_LIMIT, LOGIN_WINDOW = 5, 60.0  # attempts per window, per address and per account
 MAX_CHECKS = 2  # password checks running at once: scrypt takes ~0.2 s of CPU and 16 MB each

@@ -7,7 +7,8 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from flask import Flask, request, url_for
+import phonenumbers
+from flask import Flask, request, session, url_for
 from flask_babel import gettext
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
@@ -33,15 +34,23 @@ def localtime(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return value.astimezone(zone()).strftime(fmt)
 
 
-@lru_cache(maxsize=4096)
 def national(e164: str | None) -> str:
-    """"+390212345678" -> "02 1234 5678"; anything unparsable comes back unchanged."""
+    """A number as the household writes it: "+390212345678" -> "02 1234 5678" for the configured region's
+    country, "+33 1 62 00 00 00" for a foreign one; anything unparsable comes back unchanged."""
     if not e164:
         return ""
+    return _shown(e164, db.config().screening.region)
+
+
+@lru_cache(maxsize=4096)
+def _shown(e164: str, region: str) -> str:
     try:
-        return national_format(e164)
-    except ValueError:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
         return e164
+    if num.country_code == phonenumbers.country_code_for_region(region.upper()):
+        return national_format(e164)
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
 
 
 def duration(seconds: float | None) -> str:
@@ -81,7 +90,22 @@ def actions_text() -> dict[str, str]:
             "block": gettext("Block"), "allow": gettext("Allow"), "range": gettext("Range")}
 
 
+KEPT = "kept_form"
+_NOT_KEPT = re.compile(r"csrf_token|next|op|.*(password|secret|token).*")
+
+
+def keep_form() -> None:
+    """After a post that failed: what the user typed fills the form again on the page it is sent back to
+    (`kept` in templates; never passwords or tokens, and only once)."""
+    session[KEPT] = {k: v[:400] for k, v in request.form.items() if not _NOT_KEPT.fullmatch(k)}
+
+
+def _kept() -> dict[str, dict[str, str]]:
+    return {"kept": session.pop(KEPT) if KEPT in session else {}}
+
+
 def init_app(app: Flask) -> None:
+    app.context_processor(_kept)
     app.jinja_env.finalize = printable
     app.add_template_filter(strip_bidi)
     app.add_template_global(actions_text)

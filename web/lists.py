@@ -1,5 +1,9 @@
-"""The allow, block and screen lists: browse, add, edit, delete, presets, CSV import and export, range
-suggestions, and the one-click block/allow (with undo) the log and number pages use."""
+"""The allow, block and screen lists: browse, add, edit, delete, switch off and on, presets, CSV import and
+export, range suggestions, and the one-click block/allow (with undo) the log and number pages use.
+
+Nothing changes behind the user's back: adding a pattern that already has an entry keeps its label and time
+window unless the user confirms replacing them, and a prefix for a whole country or network needs a
+confirmation (the same rules as `screener list add --replace/--force`, through store.add_entry)."""
 
 from __future__ import annotations
 
@@ -12,13 +16,23 @@ from flask_babel import gettext as _
 from sqlalchemy import ColumnElement, and_, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
-from screener import csvio
+from screener import csvio, presets
 from screener.presets import PRESETS
-from screener.rules import ACTIONS, CLASSES, format_days, make_window, normalize_pattern, window_from_mask
-from screener.store import Call, ListEntry, put_entry, remove_entry, utcnow
+from screener.rules import (
+    ACTIONS,
+    CLASSES,
+    WidePrefix,
+    format_days,
+    make_window,
+    normalize_pattern,
+    wide_prefix,
+    window_from_mask,
+)
+from screener.store import Added, Before, Call, EntryConflict, ListEntry, add_entry, put_entry, remove_entry, utcnow
 from web import db
 from web.auth import _safe_next
 from web.calls import text_arg
+from web.format import keep_form
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 PAGE_SIZE = 100
@@ -31,7 +45,7 @@ def snapshot(entry: ListEntry | None) -> dict[str, Any] | None:
         return None
     return {"list": entry.list, "label": entry.label, "source": entry.source, "days": entry.days,
             "time_from": entry.time_from, "time_to": entry.time_to, "hit_count": entry.hit_count,
-            "last_hit_at": entry.last_hit_at.isoformat() if entry.last_hit_at else None}
+            "last_hit_at": entry.last_hit_at.isoformat() if entry.last_hit_at else None, "enabled": entry.enabled}
 
 
 def restore(s: Session, pattern: str, snap: dict[str, Any] | None) -> None:
@@ -43,6 +57,7 @@ def restore(s: Session, pattern: str, snap: dict[str, Any] | None) -> None:
     entry = put_entry(s, snap["list"], pattern, label=snap["label"][:200], source=snap["source"][:40],
                       window=window)
     entry.hit_count = int(snap["hit_count"])
+    entry.enabled = bool(snap.get("enabled", True))
     entry.last_hit_at = datetime.fromisoformat(snap["last_hit_at"]) if snap["last_hit_at"] else None
 
 
@@ -148,19 +163,63 @@ def _form_entry(region: str) -> tuple[str, str, str, Any]:
     return which, pattern, label, window
 
 
+def wide_words(wide: WidePrefix) -> str:
+    if not wide.country_code:
+        return _("numbers of several countries")
+    if not wide.national:
+        return _("every number of +%(cc)s", cc=wide.country_code)
+    return _("every number of +%(cc)s starting with %(d)s", cc=wide.country_code, d=wide.national)
+
+
+def _confirm(pattern: str, *, wide: WidePrefix | None = None, before: Before | None = None,
+             action: str | None = None) -> str:
+    """Ask before a wide prefix goes on a list or an entry's label and window are replaced: the form is
+    posted again with the answer (`force`, `existing`) and every field the user typed."""
+    fields = {k: v for k, v in request.form.items() if k not in ("csrf_token", "force", "existing")}
+    return render_template("list_confirm.html", pattern=pattern, wide=wide_words(wide) if wide else None,
+                           before=before, fields=fields, force=request.form.get("force") == "1",
+                           action=action or request.path)
+
+
+def _said(added: Added, which: str) -> None:
+    """Flash what adding did, saying what the entry was before (undoable)."""
+    p = added.entry.pattern
+    if added.moved_from:
+        flash(_("%(p)s moved from the %(a)s to the %(b)s.", p=p, a=_list_name(added.moved_from),
+                b=_list_name(which)), "undo")
+    else:
+        flash(_("%(p)s is on the %(l)s.", p=p, l=_list_name(which)), "undo")
+    if added.before is not None and added.kept and request.form.get("existing") != "replace":
+        flash(_("It keeps its label and time window."), "info")
+    if added.before is not None and not added.before.enabled:
+        flash(_("It was switched off; it is on again."), "info")
+
+
 @bp.post("/add")
-def add() -> Response:
-    """Add a number, prefix or class to a list (or move it there)."""
+def add() -> str | Response:
+    """Add a number, prefix or class to a list (or move it there), asking first when that would cover a whole
+    country or network, or replace the label and time window the pattern already has."""
     s = db.session()
     try:
         which, pattern, label, window = _form_entry(db.config().screening.region)
     except ValueError as e:
+        keep_form()
         flash(str(e), "error")
         return _back()
+    wide = wide_prefix(pattern)
+    if wide is not None and request.form.get("force") != "1":
+        return _confirm(pattern, wide=wide)
+    existing = request.form.get("existing", "")
+    if existing == "keep":
+        label, window = "", None
     before = snapshot(_entry(s, pattern))
-    put_entry(s, which, pattern, label=label, source="dashboard", window=window)
+    try:
+        added = add_entry(s, which, pattern, label=label, window=window, source="dashboard",
+                          replace=existing == "replace")
+    except EntryConflict as e:
+        return _confirm(pattern, before=e.before)
     _remember_undo(pattern, before)
-    flash(_("%(p)s is on the %(l)s.", p=pattern, l=_list_name(which)), "undo")
+    _said(added, which)
     return _back()
 
 
@@ -175,15 +234,33 @@ def edit(entry_id: int) -> str | Response:
     try:
         which, pattern, label, window = _form_entry(db.config().screening.region)
     except ValueError as e:
+        keep_form()
         flash(str(e), "error")
         return redirect(url_for("lists.edit", entry_id=entry_id))
     if pattern != entry.pattern and _entry(s, pattern) is not None:
         flash(_("%(p)s already has an entry; edit that one instead.", p=pattern), "error")
         return redirect(url_for("lists.edit", entry_id=entry_id))
+    wide = wide_prefix(pattern)
+    if wide is not None and pattern != entry.pattern and request.form.get("force") != "1":
+        return _confirm(pattern, wide=wide)
     entry.pattern = pattern
     put_entry(s, which, pattern, label=label, source=entry.source, window=window)
     flash(_("Saved %(p)s.", p=pattern), "info")
     return redirect(url_for("lists.index", list=which))
+
+
+@bp.post("/<int:entry_id>/switch")
+def switch(entry_id: int) -> Response:
+    """Switch an entry off (it stays, with its label, window and hits, but decides no call) or on again."""
+    s = db.session()
+    entry = s.get(ListEntry, entry_id) or abort(404)
+    _remember_undo(entry.pattern, snapshot(entry))
+    entry.enabled = not entry.enabled
+    if entry.enabled:
+        flash(_("Switched on: %(p)s.", p=entry.pattern), "undo")
+    else:
+        flash(_("Switched off: %(p)s. It stays on the list and decides no call.", p=entry.pattern), "undo")
+    return _back()
 
 
 @bp.post("/<int:entry_id>/delete")
@@ -212,11 +289,15 @@ def quick() -> Response:
     except ValueError as e:
         flash(str(e), "error")
         return _back("calls.index")
-    existing = _entry(s, pattern)
-    before = snapshot(existing)
-    put_entry(s, which, pattern, label=existing.label if existing else "", source="dashboard")
+    wide = wide_prefix(pattern)
+    if wide is not None:
+        flash(_("%(p)s covers %(w)s: add it on the Lists page if you mean it.", p=pattern, w=wide_words(wide)),
+              "error")
+        return _back("calls.index")
+    before = snapshot(_entry(s, pattern))
+    added = add_entry(s, which, pattern, source="dashboard")  # keeps the label and window it has
     _remember_undo(pattern, before)
-    flash(_("%(p)s is on the %(l)s.", p=pattern, l=_list_name(which)), "undo")
+    _said(added, which)
     return _back("calls.index")
 
 
@@ -236,17 +317,12 @@ def undo() -> Response:
 
 @bp.post("/preset")
 def preset() -> Response:
-    """Apply a preset; patterns that already have an entry keep the user's choice."""
+    """Apply a preset; patterns that already have an entry keep the user's choice (screener.presets.apply)."""
     name = request.form.get("preset", "")
-    p = PRESETS.get(name) or abort(400)
-    s = db.session()
-    existing = set(s.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_([e.pattern for e in p.entries]))))
-    added = 0
-    for e in p.entries:
-        if e.pattern not in existing:
-            put_entry(s, e.list, e.pattern, label=e.label, source=f"preset {name}")
-            added += 1
-    flash(_("Preset applied: %(a)d added, %(k)d already had an entry.", a=added, k=len(p.entries) - added), "info")
+    if name not in PRESETS:
+        abort(400)
+    done = presets.apply(db.session(), name)
+    flash(_("Preset applied: %(a)d added, %(k)d already had an entry.", a=done.added, k=done.kept), "info")
     return redirect(url_for("lists.index"))
 
 
@@ -262,13 +338,41 @@ def import_csv() -> str | Response:
     if which not in ACTIONS or upload is None or not upload.filename:
         flash(_("Choose a list and a CSV file."), "error")
         return redirect(url_for("lists.index"))
-    report = csvio.parse_csv(upload.read(), db.config().screening.region)
+    try:
+        report = csvio.parse_csv(upload.read(), db.config().screening.region)
+    except csvio.UnreadableFile as e:
+        flash(_("%(f)s: %(why)s", f=upload.filename, why=_unreadable(e.kind)), "error")
+        return redirect(url_for("lists.index"))
     result = csvio.import_rows(db.store(), which, report.rows, source="csv import")
     if result.imported:
         db.clear_cache()
+    skipped = sorted((report.lines.get(p, 0), p) for p in result.skipped)
+    notes = [(line, _zero_note(n)) for line, n in report.notes]
     return render_template("import_report.html", count=result.imported, total=result.total,
                            failure=result.error, which=which, filename=upload.filename,
-                           errors=report.errors[:MAX_REPORTED_ERRORS], more_errors=len(report.errors))
+                           errors=report.errors[:MAX_REPORTED_ERRORS], more_errors=len(report.errors),
+                           skipped=skipped[:MAX_REPORTED_ERRORS], more_skipped=len(skipped),
+                           notes=notes[:MAX_REPORTED_ERRORS], more_notes=len(notes))
+
+
+def _unreadable(kind: str) -> str:
+    return {
+        "xlsx": _("this is an Excel workbook (.xlsx), not a CSV file. In the spreadsheet, save it as "
+                  "\u201cCSV UTF-8\u201d or \u201cUnicode text\u201d and import that file."),
+        "xls": _("this is an Excel 97-2003 workbook (.xls), not a CSV file. In the spreadsheet, save it as "
+                 "\u201cCSV UTF-8\u201d or \u201cUnicode text\u201d and import that file."),
+        "pdf": _("this is a PDF document, not a CSV file."),
+    }.get(kind, _("this is not a text file. Import a list saved as CSV."))
+
+
+def _zero_note(note: csvio.ZeroNote) -> str:
+    from screener.numbers import national_format
+
+    if note.kind == "added":
+        return _("%(w)s was read as %(n)s: a spreadsheet had dropped its leading 0 (format the column as text).",
+                 w=note.written, n=national_format(note.number))
+    return _("%(w)s is not a valid number, with or without a leading 0: imported as written. If a spreadsheet "
+             "dropped its leading 0, write it with the 0 and import it again.", w=note.written)
 
 
 @bp.get("/export.csv")

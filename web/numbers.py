@@ -73,7 +73,7 @@ def show(e164: str) -> str:
     exact = next((e for e in entries if e.pattern == e164), None)
     return render_template("number.html", e164=e164, caller=caller, calls=rows, older=older, newer=newer,
                            entries=entries, note=note, info=number_info(e164, lang), lookup=lookup,
-                           current=exact.list if exact else None)
+                           current=exact.list if exact else None, exact=exact)
 
 
 @bp.post("/<e164>/note")

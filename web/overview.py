@@ -1,5 +1,5 @@
 """The overview: registration status (not running without a fresh heartbeat), today's calls by outcome,
-blocked this week, 30 days as a chart, the latest voicemails."""
+blocked this week, the latest calls and what was done with them, 30 days as a chart, the latest voicemails."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from web.labels import label
 
 bp = Blueprint("overview", __name__)
 PAST_DAYS_TTL = 300.0
+LATEST_CALLS = 8
 
 
 def outcome_counts(s: Session, since: datetime) -> dict[str, int]:
@@ -81,13 +82,14 @@ def index() -> str:
     voicemails = list(s.scalars(select(Call).where(Call.voicemail_path.is_not(None),
                                                    Call.started_at >= utcnow() - timedelta(days=90))
                                 .order_by(Call.started_at.desc(), Call.id.desc()).limit(5)))
+    latest = list(s.scalars(select(Call).order_by(Call.started_at.desc(), Call.id.desc()).limit(LATEST_CALLS)))
     status = freshest(get_sip_status(s), read_beat_file(db.data_path() / BEAT_FILE))
     # a service killed with SIGKILL (or hung) leaves "registered" behind: only a fresh heartbeat counts
     health = judge(status.state if status else None, status.heartbeat_at if status else None, utcnow())
     return render_template("overview.html", status=status, health=health, today=Counter(today_counts),
                            today_total=sum(today_counts.values()), blocked_week=blocked_week, chart=chart,
-                           series=series, voicemails=voicemails, today_date=today.isoformat(), outcomes=OUTCOMES,
-                           total_30=sum(sum(c) for c in counts.values()))
+                           series=series, voicemails=voicemails, latest=latest, today_date=today.isoformat(),
+                           outcomes=OUTCOMES, total_30=sum(sum(c) for c in counts.values()))
 
 
 def init_app(app: Flask) -> None:

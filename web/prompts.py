@@ -13,6 +13,7 @@ from flask_babel import lazy_gettext as _l
 
 from screener import audio as line_audio
 from web import db
+from web.labels import label
 
 bp = Blueprint("prompts", __name__, url_prefix="/prompts")
 NAMES = line_audio.PROMPT_NAMES
@@ -82,7 +83,8 @@ def upload(name: str, lang: str) -> Response:
         flash(_("%(f)s was not used: %(e)s", f=f.filename, e="no audio"), "error")
         return redirect(url_for("prompts.index"))
     line_audio.write_wav(custom_dir() / f"{p.name}_{p.lang}.wav", pcm)  # atomic: the line never plays half a file
-    flash(_("The %(n)s prompt (%(l)s) now uses your recording.", n=p.name, l=p.lang), "info")
+    flash(_("The %(n)s prompt (%(l)s) now uses your recording.", n=label("prompt", p.name),
+            l=label("language", p.lang)), "info")
     return redirect(url_for("prompts.index"))
 
 
@@ -92,7 +94,8 @@ def restore(name: str, lang: str) -> Response:
     p = prompt(name, lang)
     if p.custom is not None:
         p.custom.unlink(missing_ok=True)
-    flash(_("The %(n)s prompt (%(l)s) is back to the default.", n=p.name, l=p.lang), "info")
+    flash(_("The %(n)s prompt (%(l)s) is back to the default.", n=label("prompt", p.name),
+            l=label("language", p.lang)), "info")
     return redirect(url_for("prompts.index"))
 
 

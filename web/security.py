@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
@@ -130,6 +132,71 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# every header a proxy may use to tell about the client: none of them reaches the app from an untrusted peer
+FORWARDED_KEYS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                  "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX", "HTTP_X_FORWARDED_BY", "HTTP_X_REAL_IP")
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("["):  # [v6]:port
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, proxies: Iterable[Network]) -> bool:
+    return ip is not None and any(ip.version == net.version and ip in net for net in proxies)
+
+
+def forwarded(peer: str, forwarded_for: str, forwarded_proto: str,
+              proxies: Sequence[Network]) -> tuple[str, str | None]:
+    """The client's address and scheme (None: as the connection's) for a request from `peer`.
+
+    Only a trusted proxy's headers count. X-Forwarded-For is read from the right, where each proxy appends
+    the address it saw, past the trusted proxies: the first address left of them is the client. Anything
+    further left came from the client itself and proves nothing. X-Forwarded-Proto is the value the nearest
+    proxy set (the last one).
+    """
+    if not _trusted(_ip(peer), proxies):
+        return peer, None
+    client = peer
+    for item in reversed([x for x in forwarded_for.split(",") if x.strip()]):
+        ip = _ip(item)
+        if ip is None:
+            break  # a broken chain: the last hop walked is as far as the proxies vouch for
+        client = str(ip)
+        if not _trusted(ip, proxies):
+            break
+    proto = forwarded_proto.split(",")[-1].strip().lower()
+    return client, proto if proto in ("http", "https") else None
+
+
+class ProxyHeaders:
+    """WSGI middleware: the client address and scheme from a trusted reverse proxy's X-Forwarded-For and
+    X-Forwarded-Proto ([web] trusted_proxies), so the login limit counts the real client and the Secure cookie
+    flag follows the browser's HTTPS. From any other peer the proxy headers are removed unread."""
+
+    def __init__(self, app: Callable[..., Any], trusted_proxies: Iterable[str]) -> None:
+        self.app = app
+        self.proxies = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        headers = {k: environ.pop(k) for k in FORWARDED_KEYS if k in environ}
+        client, scheme = forwarded(environ.get("REMOTE_ADDR", ""), headers.get("HTTP_X_FORWARDED_FOR", ""),
+                                   headers.get("HTTP_X_FORWARDED_PROTO", ""), self.proxies)
+        environ["REMOTE_ADDR"] = client
+        if scheme:
+            environ["wsgi.url_scheme"] = scheme
+        return self.app(environ, start_response)
 
 
 def init_app(app: Flask) -> None:

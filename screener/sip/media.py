@@ -26,8 +26,30 @@ FRAME_SAMPLES = 160  # 20 ms at 8 kHz
 FRAME_BYTES = FRAME_SAMPLES * 2  # 16-bit linear
 FRAME_SECONDS = 0.02
 INPUT_FRAMES = 50  # B22: at most 1 s of received audio is buffered per call
+FED_WAIT = 0.1  # a relayed stream's thread has no clock to keep: it wakes this often to see stop() or the relay end
 DTMF_KEYS = "0123456789*#ABCD"
 CODECS = {"PCMU": PayloadType.PCMU, "PCMA": PayloadType.PCMA}
+# G.711 law to law, one byte for one byte: a bridge transcodes with bytes.translate, not through linear PCM
+_U2A = audioop.lin2alaw(audioop.ulaw2lin(bytes(range(256)), 2), 2)
+_A2U = audioop.lin2ulaw(audioop.alaw2lin(bytes(range(256)), 2), 2)
+_WIRING = threading.Lock()  # who relays to whom: changed by relay_to() and by a session that closes
+
+
+def _split(packet: bytes) -> tuple[int, int, int, bytes] | None:
+    """An RTP datagram as (marker|payload-type byte, timestamp, SSRC, payload), or None when malformed (B7)."""
+    if len(packet) < 12 or packet[0] >> 6 != 2:  # B7: short packets are dropped, not fatal
+        return None
+    first = packet[0]
+    start = 12 + 4 * (first & 0x0F)
+    if first & 0x10:  # header extension
+        if len(packet) < start + 4:
+            return None
+        start += 4 + 4 * struct.unpack_from("!H", packet, start + 2)[0]
+    end = len(packet) - (packet[-1] if first & 0x20 else 0)
+    if end < start:
+        return None
+    timestamp, ssrc = struct.unpack_from("!II", packet, 4)
+    return packet[1], timestamp, ssrc, packet[start:end]
 
 
 def _plain_ip(host: str) -> str:
@@ -116,7 +138,13 @@ class RtpSession(RTPClient):
         self._frame_bytes = FRAME_BYTES
         self.set_ptime(ptime)
         self._first = True
+        # the bridge (relay_to): this session's received packets go to _relay; _feeder's go out on this stream
         self._relay: RtpSession | None = None
+        self._feeder: RtpSession | None = None
+        self._tx = threading.Lock()  # sequence, timestamp, marker and socket: a feeder's thread sends here too
+        self._closed = False
+        self._anchor: int | None = None  # the relayed SSRC that _ts_delta was computed for
+        self._ts_delta = 0
 
     @property
     def port(self) -> int:
@@ -149,8 +177,94 @@ class RtpSession(RTPClient):
             self._silence = self.encode_packet(b"\0" * self._frame_bytes)
 
     def _close(self) -> None:
-        self.sin.close()
+        with _WIRING:  # either side of a bridge ending ends the bridge: the other goes back to its own clock
+            target, feeder, self._relay = self._relay, self._feeder, None
+            if target is not None:
+                target._unfeed(self)
+            if feeder is not None and feeder._relay is self:
+                feeder._relay = None
+            with self._tx:
+                self._feeder, self._closed = None, True
+                self.sin.close()
         self.pool.release(self.inPort)
+
+    # -- the bridge --
+
+    def relay_to(self, other: RtpSession | None) -> None:
+        """Forward every packet received from now on to `other`'s far end as `other`'s stream; None stops.
+
+        Forwarding happens on this session's thread as each packet arrives. `other` sends no frames of its own
+        (what it had queued, and what is played on it meanwhile, is dropped) until the relay stops or either
+        session ends; then its clock starts again within FED_WAIT. Digits are still reported here; received
+        audio is no longer buffered. A bridge is a.relay_to(b); b.relay_to(a).
+        """
+        if other is self:
+            raise ValueError("an RTP session cannot relay to itself")
+        with _WIRING:
+            old, self._relay = self._relay, None
+            if old is not None and old is not other:
+                old._unfeed(self)
+            if other is None or not other._feed(self):
+                return
+            self._relay = other
+        self.flush_input()
+
+    def _feed(self, feeder: RtpSession) -> bool:
+        """`feeder`'s packets go out on this stream from now on; False when this session has ended."""
+        previous = self._feeder
+        if previous is not None and previous is not feeder:
+            previous._relay = None  # one stream, one source
+        with self._tx:
+            if self._closed:
+                return False
+            if previous is not feeder:
+                self._feeder, self._anchor = feeder, None
+        self.clear_playback()  # after the feeder is set: play() drops from then on, so nothing is left queued
+        return True
+
+    def _unfeed(self, feeder: RtpSession) -> None:
+        with self._tx:
+            if self._feeder is feeder:
+                self._feeder, self._first = None, True
+
+    def _forward(self, target: RtpSession, packet: bytes) -> None:
+        """One received datagram onto `target`'s stream: its payload types, its law (runs on this thread)."""
+        head = _split(packet)
+        if head is None:
+            return
+        second, timestamp, ssrc, body = head
+        pt = second & 0x7F
+        if pt == self.event_payload:
+            self._telephone_event(body, timestamp)
+            if target.event_payload is None or len(body) < 4:
+                return
+            target._send_relayed(self, second & 0x80 | target.event_payload, timestamp, ssrc, body, 0)
+        elif pt == self.payload and body:
+            if self.preference != target.preference:
+                body = body.translate(_U2A if self.preference == PayloadType.PCMU else _A2U)
+            target._send_relayed(self, second & 0x80 | target.payload, timestamp, ssrc, body, len(body))
+
+    def _send_relayed(self, feeder: RtpSession, second: int, timestamp: int, ssrc: int, body: bytes,
+                      samples: int) -> None:
+        with self._tx:
+            if self._feeder is not feeder:  # the relay was rewired or this session ended meanwhile
+                return
+            if ssrc != self._anchor:
+                # the first relayed packet (or a new source) continues this stream's timeline and starts a
+                # talkspurt; after it the source's own spacing (gaps, events' shared timestamps) is kept
+                self._anchor, self._ts_delta = ssrc, (self.outTimestamp - timestamp) & 0xFFFFFFFF
+                second |= 0x80
+            out = (timestamp + self._ts_delta) & 0xFFFFFFFF
+            header = struct.pack("!BBHII", 0x80, second, self.outSequence, out, self.outSSRC)
+            self.outSequence = (self.outSequence + 1) & 0xFFFF
+            end = (out + samples) & 0xFFFFFFFF
+            if samples and (end - self.outTimestamp) & 0xFFFFFFFF < 0x80000000:  # a late packet moves nothing
+                self.outTimestamp = end
+            if self.outPort:
+                try:
+                    self.sout.sendto(header + body, (self.outIP, self.outPort))
+                except OSError:
+                    pass
 
     def set_remote(self, addr: tuple[str, int]) -> None:
         """A new SDP (re-INVITE, late answer): send there, and accept only what that SDP announced."""
@@ -182,8 +296,14 @@ class RtpSession(RTPClient):
     # -- audio out --
 
     def play(self, pcm: bytes) -> int:
-        """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played()."""
+        """Queue 8 kHz 16-bit mono PCM; returns a mark for wait_played(). Dropped while the stream is relayed."""
         with self._cv:
+            if self._feeder is not None:
+                self._out.clear()
+                self._queued += 1
+                self._sent = self._queued
+                self._cv.notify_all()
+                return self._queued
             size = self._frame_bytes
             for i in range(0, len(pcm), size):
                 frame = pcm[i:i + size]
@@ -211,11 +331,6 @@ class RtpSession(RTPClient):
                 return None
             return self._in.popleft()
 
-    def relay_to(self, other: RtpSession | None) -> None:
-        """Placeholder of the media bridge (the media helper's version replaces it): received audio is played
-        into `other` instead of being kept; None stops."""
-        self._relay = other
-
     def flush_input(self) -> None:
         with self._cv:
             self._in.clear()
@@ -232,14 +347,18 @@ class RtpSession(RTPClient):
         next_send = time.monotonic()
         while self.NSD:
             now = time.monotonic()
-            if now >= next_send:
+            if self._feeder is not None:  # what goes out is relayed: the own clock starts again after the relay
+                next_send, wait = now, FED_WAIT
+            elif now >= next_send:
                 seconds = self._send_frame()
                 next_send += seconds
                 if now - next_send > 0.2:  # the machine stalled: resynchronise rather than burst
                     next_send = now + seconds
                 continue
+            else:
+                wait = next_send - now
             try:
-                ready, _, _ = select.select([self.sin], [], [], next_send - now)
+                ready, _, _ = select.select([self.sin], [], [], wait)
             except (OSError, ValueError):
                 return
             if ready:
@@ -255,8 +374,12 @@ class RtpSession(RTPClient):
                 return
             if not self._accepts(addr):
                 continue
+            target = self._relay
             try:
-                self.parse_packet(data)
+                if target is not None:
+                    self._forward(target, data)
+                else:
+                    self.parse_packet(data)
             except Exception:  # noqa: BLE001  # B7: no packet may kill the receive thread
                 log.debug("bad RTP packet from %s:%s", *addr[:2], exc_info=True)
 
@@ -270,18 +393,21 @@ class RtpSession(RTPClient):
             silence = self._silence
         payload = self.encode_packet(frame) if frame is not None else silence
         samples = len(payload)  # G.711: one byte a sample
-        marker = 0x80 if self._first else 0
-        self._first = False
-        header = struct.pack("!BBHII", 0x80, marker | self.payload, self.outSequence, self.outTimestamp,
-                             self.outSSRC)
-        # B21: sequence and timestamp wrap modulo their field size instead of overflowing
-        self.outSequence = (self.outSequence + 1) & 0xFFFF
-        self.outTimestamp = (self.outTimestamp + samples) & 0xFFFFFFFF
-        if self.outPort:
-            try:
-                self.sout.sendto(header + payload, (self.outIP, self.outPort))
-            except OSError:
-                pass
+        with self._tx:
+            if self._feeder is not None or self._closed:
+                return samples / 8000
+            marker = 0x80 if self._first else 0
+            self._first = False
+            header = struct.pack("!BBHII", 0x80, marker | self.payload, self.outSequence, self.outTimestamp,
+                                 self.outSSRC)
+            # B21: sequence and timestamp wrap modulo their field size instead of overflowing
+            self.outSequence = (self.outSequence + 1) & 0xFFFF
+            self.outTimestamp = (self.outTimestamp + samples) & 0xFFFFFFFF
+            if self.outPort:
+                try:
+                    self.sout.sendto(header + payload, (self.outIP, self.outPort))
+                except OSError:
+                    pass
         return samples / 8000
 
     def encode_packet(self, payload: bytes) -> bytes:
@@ -292,20 +418,11 @@ class RtpSession(RTPClient):
 
     def parse_packet(self, packet: bytes) -> None:
         """One received datagram; anything malformed or foreign is ignored (B7)."""
-        if len(packet) < 12 or packet[0] >> 6 != 2:  # B7: short packets are dropped, not fatal
+        head = _split(packet)
+        if head is None:
             return
-        first, second = packet[0], packet[1]
+        second, timestamp, _, body = head
         pt = second & 0x7F
-        timestamp = struct.unpack_from("!I", packet, 4)[0]
-        start = 12 + 4 * (first & 0x0F)
-        if first & 0x10:  # header extension
-            if len(packet) < start + 4:
-                return
-            start += 4 + 4 * struct.unpack_from("!H", packet, start + 2)[0]
-        end = len(packet) - (packet[-1] if first & 0x20 else 0)
-        if end < start:
-            return
-        body = packet[start:end]
         if pt == self.event_payload:
             self._telephone_event(body, timestamp)
         elif pt == self.payload and body:
@@ -313,10 +430,6 @@ class RtpSession(RTPClient):
                 pcm = audioop.alaw2lin(body, 2)
             else:
                 pcm = audioop.ulaw2lin(body, 2)
-            relay = self._relay
-            if relay is not None:
-                relay.play(pcm)
-                return
             with self._cv:
                 self._in.append(pcm)  # B22: bounded, oldest audio dropped when nobody reads
                 self._cv.notify_all()
