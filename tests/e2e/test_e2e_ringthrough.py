@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from peers import HOST, PASSWORD, Kamailio, Phone, Ports, wait_until
+from peers import HOST, PASSWORD, CallSpec, Kamailio, Phone, Ports, Screener, Sipp, Wait, dtmf, wait_until
 
 from screener.config import SipConfig
 from screener.sip import Call, SipAgent
@@ -114,3 +114,21 @@ def test_our_call_forked_back_to_us_is_refused_and_the_household_still_answers(
     wait_until(lambda: house.events("ANSWERED"), 3, what="the household's ACK")
     leg.hangup()
     wait_until(lambda: house.events("HUNGUP"), 3, what="our BYE at the household phone")
+
+
+def test_screener_run_puts_a_caller_who_passes_through_to_the_household(
+        make_screener: Callable[..., Screener], make_phone: Callable[..., Phone], call: Callable[..., Sipp],
+        kamailio: Kamailio, ports: Ports) -> None:
+    # the whole flow with `screener run` (announce off: bridged as soon as the house answers)
+    screener = make_screener(ring_through={"target": _target(ports), "announce": False, "timeout": 10.0})
+    house = _house(make_phone, ring_ms=500)
+    media = [Wait(1400), *dtmf("5"), Wait(5000)]
+    sipp = call(CallSpec(number="+390287654321", display="Dottor Bianchi", media=media), timeout=30)
+    assert sipp.proc.popen is not None and sipp.proc.popen.returncode == 0, sipp.report()
+    assert house.events("ANSWERED") and house.events("HUNGUP") == house.events("ANSWERED")
+    # the household's display: the caller's number as dialable digits and name, with the marker
+    assert any(' 00390287654321 "Dottor Bianchi (screened)" to household' in ln for ln in _invite_from(kamailio)), \
+        _invite_from(kamailio)
+    rows = screener.wait_call(lambda r: r.get("outcome") == "connected", timeout=10)
+    assert rows and rows[0]["e164"] == "+390287654321", rows
+    assert 0.3 < rows[0]["talk_s"] < 5.0, rows[0]  # from the house answering to the caller's BYE
