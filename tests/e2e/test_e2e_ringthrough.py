@@ -7,6 +7,7 @@ a sipp UAS registered on its own AOR ("household") on the same kamailio as the l
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,3 +133,41 @@ def test_screener_run_puts_a_caller_who_passes_through_to_the_household(
     rows = screener.wait_call(lambda r: r.get("outcome") == "connected", timeout=10)
     assert rows and rows[0]["e164"] == "+390287654321", rows
     assert 0.3 < rows[0]["talk_s"] < 5.0, rows[0]  # from the house answering to the caller's BYE
+
+
+def test_screener_run_ringing_its_own_line_refuses_its_own_invite_and_adds_no_row(
+        make_screener: Callable[..., Screener], make_phone: Callable[..., Phone], call: Callable[..., Sipp],
+        kamailio: Kamailio, ports: Ports) -> None:
+    # the FRITZ!Box "**9" case: the target rings every device of the line, screener included
+    screener = make_screener(ring_through={"target": _target(ports, "home"), "announce": False, "timeout": 10.0})
+    house = make_phone(ring_ms=2500)  # on the line's AOR: the incoming call rings it too, screener answers first
+    media = [Wait(1400), *dtmf("5"), Wait(6000)]
+    sipp = call(CallSpec(number="+390287654321", display="Dottor Bianchi", media=media), timeout=30)
+    assert sipp.proc.popen is not None and sipp.proc.popen.returncode == 0, sipp.report()
+    ours = [ln for ln in _invite_from(kamailio) if "(screened)" in ln]
+    assert len(ours) == 1, _invite_from(kamailio)
+    call_id = ours[0].split("INVITEFROM ")[1].split()[0]
+    assert any(f"REPLY 486 {call_id} from {HOST}:{ports.screener_sip}" in ln for ln in kamailio.log_lines("REPLY"))
+    assert house.events("ANSWERED") == [call_id] and house.events("HUNGUP") == [call_id]
+    rows = screener.wait_call(lambda r: r.get("outcome") == "connected", timeout=10)
+    assert len(screener.calls()) == 1, screener.calls()
+    assert rows[0]["e164"] == "+390287654321"
+
+
+def test_stopping_screener_during_a_bridged_call_byes_both_sides_within_2_s(
+        make_screener: Callable[..., Screener], make_phone: Callable[..., Phone], call: Callable[..., Sipp],
+        ports: Ports) -> None:
+    screener = make_screener(ring_through={"target": _target(ports), "announce": False, "timeout": 10.0})
+    house = _house(make_phone, ring_ms=300)
+    media = [Wait(1400), *dtmf("5")]
+    sipp = call(CallSpec(number="+390287654321", media=media, hangup="callee", bye_timeout_ms=20000), timeout=30,
+                start_only=True)
+    wait_until(lambda: house.events("ANSWERED"), 15, what="the household to answer")
+    time.sleep(0.5)  # bridged
+    t0 = time.monotonic()
+    rc, _ = screener.stop(timeout=5.0)
+    wait_until(lambda: house.events("HUNGUP"), 2.0, what="screener's BYE at the household")
+    took = time.monotonic() - t0  # SIGTERM -> the household's BYE logged (the stop waited for the exit too)
+    assert sipp.wait(5) == 0, sipp.report()  # the caller got its BYE too
+    assert took < 2.0 and rc == 0, (took, rc)
+    print(f"\nstop during a bridged call: household BYE {took * 1000:.0f} ms after SIGTERM")
