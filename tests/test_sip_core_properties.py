@@ -9,12 +9,13 @@ transaction is over nothing is left: no dialog, no tombstone, no transaction, no
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sip_core_support import PROVIDER, ack, cancel, in_dialog, invite, make_core, reply, run_until_idle
 
-from screener.sip.core import NewCall
+from screener.sip.core import LegEnded, LegReleased, NewCall
 from screener.sip.message import Message, parse
 from screener.sip.registration import RegState, ResolveProvider, StatusChange
 
@@ -136,6 +137,143 @@ def test_any_invite_exchange_ends_with_nothing_left(record_property):
     run()
     record_property("hypothesis_examples", examples)
     print(f"\nSIP core property test: {examples} examples run")
+    assert examples >= EXAMPLES // 2
+
+
+# -- outgoing calls (ring-through) ------------------------------------------------------------------------------
+
+LEGS = ("l1", "l2")
+ANSWER = ("v=0\r\no=- 5 5 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n"
+          "m=audio 42000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+
+leg_step = st.one_of(
+    st.tuples(st.just("respond"), st.sampled_from(LEGS),
+              st.sampled_from([100, 180, 183, 200, 200, 401, 407, 486, 487, 503, 603])),
+    st.tuples(st.just("respond-to-retry"), st.sampled_from(LEGS), st.sampled_from([180, 200, 407, 486])),
+    st.tuples(st.just("forked-200"), st.sampled_from(LEGS)),
+    st.tuples(st.just("answer-cancel"), st.sampled_from(LEGS), st.sampled_from([200, 481])),
+    st.tuples(st.just("answer-bye"), st.sampled_from(LEGS), st.sampled_from([200, 401, 481])),
+    st.tuples(st.just("their-request"), st.sampled_from(LEGS), st.sampled_from(["BYE", "INFO", "INVITE", "UPDATE",
+                                                                               "ACK", "OPTIONS"])),
+    st.tuples(st.just("loop"), st.sampled_from(LEGS)),
+    st.tuples(st.just("cancel"), st.sampled_from(LEGS)),
+    st.tuples(st.just("stop"), st.none()),
+    st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=40.0)),
+)
+
+
+def _leg_response(req: Message, code: int, tag: str = "h1", contact: str = "sip:house@192.0.2.20:5070") -> bytes:
+    lines = [f"SIP/2.0 {code} X"] + [f"Via: {v}" for v in req.get_all("via")]
+    to = req.get("to") or ""
+    if code > 100 and "tag=" not in to:
+        to += f";tag={tag}"
+    lines += [f"From: {req.get('from')}", f"To: {to}", f"Call-ID: {req.call_id}", f"CSeq: {req.get('cseq')}"]
+    body = ANSWER if code == 200 and req.method == "INVITE" else ""
+    if code == 200:
+        lines += [f"Contact: <{contact}>", "Record-Route: <sip:192.0.2.10;lr>"]
+    if code in (401, 407):
+        lines.append(f"{'WWW' if code == 401 else 'Proxy'}-Authenticate: Digest realm=\"r\", nonce=\"n\"")
+    lines += ["Content-Type: application/sdp"] if body else []
+    return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def test_any_outgoing_call_reaches_a_final_state_and_leaves_nothing(record_property):
+    examples = 0
+    reasons: Counter[str] = Counter()
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(leg_step, max_size=40))
+    def run(script: list[tuple]) -> None:
+        nonlocal examples
+        examples += 1
+        core = make_core()
+        now = 0.0
+        invites: dict[str, list[Message]] = {}  # our INVITEs of each leg (the first, the authorized retry)
+        last: dict[tuple[str, str], Message] = {}  # our latest CANCEL / BYE of each leg
+        ended: dict[str, str] = {}
+        released: set[str] = set()
+        cseq = 10
+
+        def collect() -> None:
+            for data, _ in core.datagrams_to_send():
+                msg = parse(data)
+                if msg.is_request and msg.method in ("INVITE", "CANCEL", "BYE"):
+                    key = call_ids.get(msg.call_id)
+                    if key is not None and msg.method == "INVITE":
+                        invites[key].append(msg)
+                    elif key is not None:
+                        last[(key, msg.method)] = msg
+            for ev in core.events():
+                if isinstance(ev, LegEnded):
+                    assert ev.key not in ended, "a leg ended twice"
+                    ended[ev.key] = ev.reason
+                elif isinstance(ev, LegReleased):
+                    released.add(ev.key)
+                elif isinstance(ev, NewCall):
+                    raise AssertionError("our own call came back to the handler")
+
+        call_ids: dict[str, str] = {}
+        for key in LEGS:
+            invites[key] = []
+            core.place_call(key, "sip:house@provider.example", "0212345678", "Mario (screened)", 41000, now,
+                            dest=PROVIDER)
+            leg = core.leg(key)
+            assert leg is not None
+            call_ids[leg.call_id] = key
+            collect()
+        for action in script:
+            kind, key = action[0], action[1]
+            if kind == "respond" and invites.get(key):
+                core.receive_datagram(_leg_response(invites[key][0], action[2]), PROVIDER, now)
+            elif kind == "respond-to-retry" and invites.get(key):
+                core.receive_datagram(_leg_response(invites[key][-1], action[2]), PROVIDER, now)
+            elif kind == "forked-200" and invites.get(key):
+                core.receive_datagram(_leg_response(invites[key][-1], 200, "h2", "sip:b@192.0.2.30"), PROVIDER, now)
+            elif kind == "answer-cancel" and (key, "CANCEL") in last:
+                core.receive_datagram(_leg_response(last[(key, "CANCEL")], action[2]), PROVIDER, now)
+            elif kind == "answer-bye" and (key, "BYE") in last:
+                core.receive_datagram(_leg_response(last[(key, "BYE")], action[2]), PROVIDER, now)
+            elif kind == "their-request" and invites.get(key):
+                inv, cseq = invites[key][0], cseq + 1
+                method = action[2]
+                body = ANSWER if method in ("INVITE", "UPDATE") else ""
+                data = (f"{method} sip:screener@192.0.2.1:5062 SIP/2.0\r\n"
+                        f"Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKh{cseq}\r\nMax-Forwards: 70\r\n"
+                        f"From: <sip:house@provider.example>;tag=h1\r\nTo: {inv.get('from')}\r\n"
+                        f"Call-ID: {inv.call_id}\r\nCSeq: {cseq} {method}\r\n"
+                        + ("Content-Type: application/sdp\r\n" if body else "")
+                        + f"Content-Length: {len(body)}\r\n\r\n{body}")
+                core.receive_datagram(data.encode(), PROVIDER, now)
+            elif kind == "loop" and invites.get(key) and core.leg(key) is not None:
+                inv = invites[key][0]
+                data = (f"INVITE sip:screener@192.0.2.1:5062 SIP/2.0\r\n"
+                        f"Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKloop{key}\r\nMax-Forwards: 69\r\n"
+                        f"From: {inv.get('from')}\r\nTo: <sip:screener@provider.example>\r\n"
+                        f"Call-ID: {inv.call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+                core.receive_datagram(data.encode(), PROVIDER, now)
+            elif kind == "cancel" and key in invites:
+                core.cancel_call(key, now)
+            elif kind == "stop":
+                core.stop_calls(now)
+            elif kind == "wait":
+                now += key
+                core.handle_timer(now)
+            collect()
+        for key in invites:  # every handler gives up at last
+            core.cancel_call(key, now)
+        collect()
+        while (when := core.next_timer()) is not None:
+            now = max(now, when)
+            core.handle_timer(now)
+            collect()
+        reasons.update(ended.values())
+        assert set(ended) == set(invites) == released, "a leg never reached its end"
+        assert core.tracked_legs == 0 and core.active_legs == 0 and core.pending_transactions == 0
+        assert core.tracked_calls == 0 and core.next_timer() is None
+
+    run()
+    record_property("hypothesis_examples", examples)
+    print(f"\nSIP outgoing call property test: {examples} examples run; legs ended: {dict(reasons)}")
     assert examples >= EXAMPLES // 2
 
 

@@ -5,6 +5,6 @@ times and commands in, datagrams and events out. `shell` is the I/O around it (t
 clock, DNS, the RTP sockets); `agent` re-exports its names. `media` is the one module that imports pyVoIP.
 """
 
-from screener.sip.shell import Call, IncomingCall, RegStatus, SipAgent, Timing
+from screener.sip.shell import Call, Credentials, IncomingCall, Leg, RegStatus, SipAgent, Timing
 
-__all__ = ["Call", "IncomingCall", "RegStatus", "SipAgent", "Timing"]
+__all__ = ["Call", "Credentials", "IncomingCall", "Leg", "RegStatus", "SipAgent", "Timing"]

@@ -8,6 +8,7 @@ from screener.sip.shell import (
     Call,
     CallControl,
     CallHandler,
+    Leg,
     RegStatus,
     SipAgent,
     StatusHandler,
@@ -17,4 +18,5 @@ from screener.sip.transactions import PROBE_INTERVAL, REFRESH_MAX, Timing
 
 __all__ = ["MAX_DIALOGS", "PARKED_WORKERS", "PROBE_INTERVAL", "REBIND_MIN_INTERVAL", "REFRESH_MAX",
            "UNTRUSTED_LOG_INTERVAL", "UNTRUSTED_SOURCES_MAX", "Call", "CallControl", "CallHandler", "IncomingCall",
-           "RegStatus", "SipAgent", "StatusHandler", "Timing", "UntrustedSummary", "backoff_delay", "format_host"]
+           "Leg", "RegStatus", "SipAgent", "StatusHandler", "Timing", "UntrustedSummary", "backoff_delay",
+           "format_host"]

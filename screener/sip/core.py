@@ -26,16 +26,17 @@ from screener.sip.dialogs import (
     DState,
     IncomingCall,
     Tombstone,
+    answer_media,
     answer_plan,
     authorized_retry,
     build_response,
     bye_destination,
     bye_request,
-    choose_codec,
     dtmf_relay_keys,
     in_dialog_request,
     incoming_info,
     local_sdp,
+    request_destination,
     servable,
     session_timer,
 )
@@ -51,6 +52,20 @@ from screener.sip.message import (
     sdp_body,
     via_sent_by,
 )
+from screener.sip.outgoing import (
+    OFFER_PLAN,
+    Credentials,
+    LEvent,
+    LState,
+    OutgoingLeg,
+    cancel_request,
+    invite_request,
+    leg_request,
+    loop_marks,
+    non2xx_ack,
+    offer_sdp,
+    take_2xx,
+)
 from screener.sip.registration import (
     ALLOW,
     Contact,
@@ -65,6 +80,8 @@ from screener.sip.registration import (
     token,
 )
 from screener.sip.transactions import (
+    CIState,
+    ClientInviteTransaction,
     ClientTransaction,
     NCState,
     ServerInviteTransaction,
@@ -140,7 +157,59 @@ class Rejected:
     why: str
 
 
-Event = NewCall | CallEnded | CallReleased | MediaUpdate | MediaStop | Digit | Rejected | StatusChange | ResolveProvider
+@dataclass(frozen=True)
+class LegProgress:
+    """A provisional response to our INVITE (100, 180, 183...)."""
+
+    key: str
+    code: int
+
+
+@dataclass(frozen=True)
+class LegAnswered:
+    """The 2xx to our INVITE came (and was ACKed): the media goes to `remote` in `codec`."""
+
+    key: str
+    remote: Addr
+    codec: tuple[str, int, int | None]  # (name, payload, event payload)
+
+
+@dataclass(frozen=True)
+class LegEnded:
+    """The outgoing leg is over for the handler: failed (with the final code; 408 for no response at all),
+    cancelled, hangup (ours), bye (theirs) or stopped."""
+
+    key: str
+    reason: str
+    code: int | None
+
+
+@dataclass(frozen=True)
+class LegDigit:
+    key: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class LegMedia:
+    """Where the leg's RTP goes now (the household's re-INVITE or UPDATE)."""
+
+    key: str
+    remote: Addr
+    codec: tuple[str, int, int | None]
+    ptime: int | None = None
+
+
+@dataclass(frozen=True)
+class LegReleased:
+    """Nothing of the leg is left: the shell may forget it."""
+
+    key: str
+
+
+LegEvent = LegProgress | LegAnswered | LegEnded | LegDigit | LegMedia | LegReleased
+Event = (NewCall | CallEnded | CallReleased | MediaUpdate | MediaStop | Digit | Rejected | StatusChange
+         | ResolveProvider | LegEvent)
 
 
 class SipCore:
@@ -163,7 +232,13 @@ class SipCore:
         self._done: dict[str, Tombstone] = {}  # call-id -> tombstone of an ended call (see _retire)
         self._client: dict[str, ClientTransaction] = {}  # branch -> a request we sent
         self._server: dict[str, ServerTransaction] = {}  # see _server_key -> a request we answered
-        self._byes: dict[str, tuple[bytes, Addr, bool]] = {}  # branch -> (our BYE, where to, already retried)
+        # branch -> (our BYE, where to, already retried, credentials: None = the account's)
+        self._byes: dict[str, tuple[bytes, Addr, bool, Credentials | None]] = {}
+        self._legs: dict[str, OutgoingLeg] = {}  # key -> a call we placed (ring-through)
+        self._leg_ids: dict[str, str] = {}  # its Call-ID -> key
+        self._invites: dict[str, tuple[ClientInviteTransaction, str, Message]] = {}  # branch -> (tx, leg key, INVITE)
+        self._cancels: dict[str, str] = {}  # branch of our CANCEL -> leg key
+        self.loops_refused = 0  # INVITEs that were our own outgoing calls coming back
         self._refreshes: dict[str, str] = {}  # branch of our session refresh (UPDATE) -> its call's key
         self._timers: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key)
         self._seq = itertools.count()
@@ -210,7 +285,19 @@ class SipCore:
 
     @property
     def pending_transactions(self) -> int:
-        return len(self._client) + len(self._server)
+        return len(self._client) + len(self._server) + len(self._invites)
+
+    @property
+    def tracked_legs(self) -> int:
+        """Outgoing legs held (ended ones while a transaction of theirs still runs)."""
+        return len(self._legs)
+
+    @property
+    def active_legs(self) -> int:
+        return sum(1 for leg in self._legs.values() if not leg.over)
+
+    def leg(self, key: str) -> OutgoingLeg | None:
+        return self._legs.get(key)
 
     def dialog(self, key: str) -> Dialog | None:
         return self._dialogs.get(key)
@@ -330,6 +417,15 @@ class SipCore:
         if kind == "reinvite":
             d = self._dialogs.get(key)
             return d.reinvite.timer_at if d is not None and d.reinvite is not None else None
+        if kind == "uac":
+            entry = self._invites.get(key)
+            return entry[0].timer_at if entry is not None else None
+        if kind == "leg":
+            leg = self._legs.get(key)
+            return leg.timer_at if leg is not None else None
+        if kind == "legreinv":
+            leg = self._legs.get(key)
+            return leg.reinvite.timer_at if leg is not None and leg.reinvite is not None else None
         if kind == "dialog":
             obj = self._dialogs.get(key)
         elif kind == "tomb":
@@ -360,6 +456,12 @@ class SipCore:
                 self._ring_expired(self._dialogs[key], now)
             elif kind == "tomb":
                 del self._done[key]
+            elif kind == "uac":
+                self._uac_timer(key, now)
+            elif kind == "leg":
+                self._cancel_expired(self._legs[key], now)
+            elif kind == "legreinv":
+                self._leg_reinvite_timer(self._legs[key], now)
             elif kind == "client":
                 self._client_timer(self._client[key], now)
             elif kind == "server":
@@ -472,10 +574,12 @@ class SipCore:
             return
         bye = self._byes.pop(branch, None)
         if bye is not None:
-            data, dest, retried = bye
+            data, dest, retried, creds = bye
             if resp is not None and resp.status in (401, 407) and not retried:
-                self._bye_with_credentials(data, dest, resp, now)
+                self._bye_with_credentials(data, dest, resp, creds, now)
             return
+        if self._cancels.pop(branch, None) is not None:
+            return  # the INVITE's final response (487, or a 2xx that crossed) settles the leg
         reg = self.registration
         if reg is not None and reg.owns(branch):
             reg.on_result(branch, resp, now)
@@ -491,7 +595,7 @@ class SipCore:
         if data.startswith(b"SIP/2.0 "):
             self._on_response(data, addr, now)
             return
-        if not self.is_trusted(addr[0]):
+        if not self.is_trusted(addr[0]) and not self._for_leg(data):
             self._untrusted(addr, data, now)
             return
         try:
@@ -511,6 +615,9 @@ class SipCore:
             if tx is not None:  # Timer J: a retransmitted request gets the same answer
                 self._send_all([tx.retransmission()], addr)
                 return
+        leg_key = self._leg_ids.get(msg.call_id)
+        if leg_key is not None and self._to_tag(msg) and self._on_leg_request(self._legs[leg_key], msg, addr, now):
+            return
         handler = {
             "INVITE": self._on_invite, "ACK": self._on_ack, "CANCEL": self._on_cancel, "BYE": self._on_bye,
             "OPTIONS": self._on_options, "INFO": self._on_info, "UPDATE": self._on_update,
@@ -585,6 +692,13 @@ class SipCore:
 
     def _on_invite(self, msg: Message, addr: Addr, now: float) -> None:
         to_tag = name_addr(msg.get("to") or "").tag
+        if not to_tag and self._legs and self._own_call(msg):
+            # our ring-through coming back (a FRITZ!Box **9 rings every IP phone, us too): never answered,
+            # screened or handed on. 486 ends only this branch; a 6xx would stop the household's phones too.
+            self.loops_refused += 1
+            log.debug("screener: INVITE %s is our own outgoing call: 486", msg.call_id)
+            self._respond(msg, addr, 486, "Busy Here", now, to_tag=token(self.rng, 6))
+            return
         d = self._dialogs.get(msg.call_id)
         if d is None and not to_tag and (done := self._done.get(msg.call_id)) is not None:
             if msg.branch == done.branch:
@@ -654,16 +768,9 @@ class SipCore:
 
     def _late_answer(self, d: Dialog, body: bytes) -> None:
         """A late offer's answer arrives in the ACK: take its codec and address."""
-        try:
-            sdp = parse_sdp(body)
-        except ParseError:
-            return
-        choice = choose_codec(sdp)
-        if choice is None:
-            return
-        sends = sdp.direction in ("sendrecv", "recvonly") and not sdp.on_hold  # the answer's view, reversed
-        self._events.append(MediaUpdate(d.key, (sdp.address, sdp.port if sends else 0),
-                                        (choice[0], choice[1], sdp.event_payload())))
+        media = answer_media(body)
+        if media is not None:
+            self._events.append(MediaUpdate(d.key, *media))
 
     def _on_cancel(self, msg: Message, addr: Addr, now: float) -> None:
         d = self._dialogs.get(msg.call_id)
@@ -804,6 +911,13 @@ class SipCore:
         except ParseError:
             return
         # B17: a response belongs to the request whose branch it carries; anything else is not its answer
+        try:
+            method = msg.cseq[1]
+        except ValueError:
+            return
+        if method == "INVITE" and (entry := self._invites.get(msg.branch)) is not None:
+            self._invite_response(*entry, msg, now)
+            return
         tx = self._client.get(msg.branch)
         if tx is None:
             if not self.is_trusted(addr[0]):
@@ -898,6 +1012,8 @@ class SipCore:
                     self._events.append(CallEnded(d.key, "stopped", d.cancel_reason))
                 self.hangup(d.key, now, immediate=True)
                 self._end(d, "stopped", DEvent.STOP, now)
+        for leg in list(self._legs.values()):
+            self._abandon(leg, "stopped", now)
 
     # -- the INVITE's responses and the end of a call --
 
@@ -926,22 +1042,28 @@ class SipCore:
         dest = bye_destination(d, proxy)
         self._start_bye(data, dest, branch, False, now)
 
-    def _start_bye(self, data: bytes, dest: Addr, branch: str, retried: bool, now: float) -> None:
+    def _start_bye(self, data: bytes, dest: Addr, branch: str, retried: bool, now: float,
+                   creds: Credentials | None = None) -> None:
         tx = ClientTransaction(data, dest, branch, self.timing, 64 * self.timing.t1, now)
         self._client[branch] = tx
-        self._byes[branch] = (data, dest, retried)
+        self._byes[branch] = (data, dest, retried, creds)
         self._send_all(tx.start(), dest)
         self._arm("client", branch, tx.timer_at)
 
-    def _bye_with_credentials(self, data: bytes, dest: Addr, challenge: Message, now: float) -> None:
+    def _bye_with_credentials(self, data: bytes, dest: Addr, challenge: Message, creds: Credentials | None,
+                              now: float) -> None:
         """A BYE challenged with 401/407 goes once more with credentials (RFC 3261 22.2): the call must end."""
         branch = new_branch(self.rng)
-        retry = authorized_retry(data, challenge, self.contact, branch, self.cfg.auth_user, self.cfg.password,
+        creds = creds or self._account_credentials()
+        retry = authorized_retry(data, challenge, self.contact, branch, creds.user, creds.password,
                                  token(self.rng, 8))
         if retry is None:
             log.warning("screener: BYE challenged with a digest screener cannot answer")
             return
-        self._start_bye(retry, dest, branch, True, now)
+        self._start_bye(retry, dest, branch, True, now, creds)
+
+    def _account_credentials(self) -> Credentials:
+        return Credentials(self.cfg.auth_user, self.cfg.password)
 
     def _end(self, d: Dialog, reason: str, event: DEvent | None, now: float) -> None:
         """Over for the handler; with `event` the dialog itself ends (else it waits for the ACK, then BYE)."""
@@ -975,6 +1097,302 @@ class SipCore:
             d.tx.terminate()
             self._events.append(CallReleased(d.key))
 
+    # -- outgoing calls (ring-through, UAC) --
 
-__all__ = ["MAX_DIALOGS", "AnswerPlan", "CallEnded", "CallReleased", "Digit", "Event", "MediaStop", "MediaUpdate",
+    def place_call(self, key: str, target_uri: str, from_user: str, display_name: str, rtp_port: int, now: float,
+                   *, dest: Addr, credentials: tuple[str, str] | None = None,
+                   extra_headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        """INVITE `target_uri` (sent to `dest`, the resolved outbound proxy or target) offering media on
+        `rtp_port`, From `"display_name" <sip:from_user@our domain>`; False when `key` is in use."""
+        if key in self._legs:
+            return False
+        host = format_host(self.contact.host) or "screener"
+        creds = Credentials(*credentials) if credentials is not None else None
+        leg = OutgoingLeg(key, f"{token(self.rng, 12)}@{host}", token(self.rng, 6), target_uri, from_user,
+                          display_name, token(self.rng, 8), dest, creds, b"")
+        leg.rtp_port, leg.sdp_session = rtp_port, self.rng.randrange(1, 2**31)
+        leg.sdp_version = leg.sdp_session
+        leg.local_sdp = offer_sdp(self.contact.host, rtp_port, leg.sdp_session)
+        leg.extra_headers = extra_headers
+        self._legs[key], self._leg_ids[leg.call_id] = leg, key
+        branch = new_branch(self.rng)
+        data = invite_request(leg, self.contact, self._domain(), branch, self._outbound_proxy(), extra_headers)
+        self._start_invite(leg, data, branch, now)
+        return True
+
+    def cancel_call(self, key: str, now: float) -> None:
+        """Give up on the leg: CANCEL while it rings (once a provisional response came, RFC 3261 9.1), BYE once
+        answered."""
+        leg = self._legs.get(key)
+        if leg is not None:
+            self._abandon(leg, "hangup" if leg.state is LState.ANSWERED else "cancelled", now)
+
+    def hangup_call(self, key: str, now: float) -> None:
+        """End the leg, whatever its state (the same as cancel_call)."""
+        self.cancel_call(key, now)
+
+    def _domain(self) -> str:
+        return format_host(self.cfg.sip_domain or self.contact.host)
+
+    def _outbound_proxy(self) -> Addr | None:
+        return split_hostport(self.cfg.outbound_proxy, 5060) if self.cfg.outbound_proxy else None
+
+    def _leg_dest(self, leg: OutgoingLeg) -> Addr:
+        return request_destination(leg.route_set, leg.remote_target, self._outbound_proxy(), leg.dest)
+
+    def _start_invite(self, leg: OutgoingLeg, data: bytes, branch: str, now: float) -> None:
+        leg.invite = parse(data)
+        tx = leg.tx = ClientInviteTransaction(data, leg.dest, branch, self.timing, now)
+        leg.branches.add(branch)
+        self._invites[branch] = (tx, leg.key, leg.invite)
+        self._send_all(tx.start(), leg.dest)
+        self._arm("uac", branch, tx.timer_at)
+
+    def _abandon(self, leg: OutgoingLeg, reason: str, now: float) -> None:
+        if leg.state is LState.ENDED:
+            return
+        if leg.end(reason):
+            self._events.append(LegEnded(leg.key, reason, leg.final_code))
+        if leg.state is LState.ANSWERED:
+            self._send_leg_bye(leg, now)
+            leg.go(LEvent.BYE)
+            self._release_leg(leg)
+            return
+        leg.cancel_wanted = True
+        if leg.state is LState.RINGING and not leg.cancel_sent:
+            self._send_cancel(leg, now)
+
+    def _send_cancel(self, leg: OutgoingLeg, now: float) -> None:
+        leg.cancel_sent = True
+        branch = leg.invite.branch
+        tx = ClientTransaction(cancel_request(leg.invite), leg.dest, branch, self.timing, 64 * self.timing.t1, now)
+        self._client[branch], self._cancels[branch] = tx, leg.key
+        self._send_all(tx.start(), leg.dest)
+        self._arm("client", branch, tx.timer_at)
+        # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is taken as cancelled
+        leg.cancel_deadline = now + 64 * self.timing.t1
+        self._arm("leg", leg.key, leg.cancel_deadline)
+
+    def _cancel_expired(self, leg: OutgoingLeg, now: float) -> None:
+        leg.cancel_deadline = None
+        if leg.tx is not None:
+            leg.tx.terminate()
+            self._invites.pop(leg.tx.branch, None)
+            leg.branches.discard(leg.tx.branch)
+        self._leg_failed(leg, 487)
+
+    def _send_leg_bye(self, leg: OutgoingLeg, now: float) -> None:
+        branch = new_branch(self.rng)
+        data = leg_request(leg, self.contact, self._domain(), branch, "BYE")
+        self._start_bye(data, self._leg_dest(leg), branch, False, now, leg.credentials)
+
+    def _leg_failed(self, leg: OutgoingLeg, code: int) -> None:
+        """A final non-2xx (or none at all): the leg is over, for the handler too."""
+        leg.final_code = leg.final_code or code
+        if leg.state in (LState.CALLING, LState.RINGING):
+            leg.go(LEvent.FAILED)
+        if leg.end("failed", code):
+            self._events.append(LegEnded(leg.key, "failed", code))
+        self._release_leg(leg)
+
+    def _release_leg(self, leg: OutgoingLeg) -> None:
+        """Forget an ended leg once none of its INVITE transactions (nor a re-INVITE of theirs) needs it."""
+        reinvite_done = leg.reinvite is None or leg.reinvite.state is SIState.TERMINATED
+        if leg.state is LState.ENDED and not leg.branches and reinvite_done and self._legs.get(leg.key) is leg:
+            del self._legs[leg.key]
+            self._leg_ids.pop(leg.call_id, None)
+            self._events.append(LegReleased(leg.key))
+
+    def _uac_timer(self, branch: str, now: float) -> None:
+        tx, key, _ = self._invites[branch]
+        self._send_all(tx.on_timer(now), tx.dest)
+        self._arm("uac", branch, tx.timer_at)
+        if tx.state is not CIState.TERMINATED:
+            return
+        del self._invites[branch]
+        leg = self._legs.get(key)
+        if leg is None:
+            return
+        leg.branches.discard(branch)
+        if tx.timed_out and tx is leg.tx and leg.state is LState.CALLING:
+            self._leg_failed(leg, 408)  # Timer B: nothing answered the INVITE
+        self._release_leg(leg)
+
+    def _invite_response(self, tx: ClientInviteTransaction, key: str, invite: Message, msg: Message,
+                         now: float) -> None:
+        code = msg.status
+        out, fresh = tx.on_response(code, non2xx_ack(invite, msg) if code >= 300 else b"", now)
+        self._send_all(out, tx.dest)
+        self._arm("uac", tx.branch, tx.timer_at)
+        leg = self._legs.get(key)
+        if leg is None or not fresh or (tx is not leg.tx and code < 300):
+            return
+        if code < 200:
+            if leg.state is LState.CALLING:
+                leg.go(LEvent.PROVISIONAL)
+            if leg.state is LState.RINGING:
+                if leg.cancel_wanted and not leg.cancel_sent:
+                    self._send_cancel(leg, now)
+                elif not leg.over:
+                    self._events.append(LegProgress(key, code))
+        elif code < 300:
+            self._leg_2xx(leg, msg, now)
+        elif tx is leg.tx:
+            self._leg_rejected(leg, msg, now)
+
+    def _leg_rejected(self, leg: OutgoingLeg, msg: Message, now: float) -> None:
+        creds = leg.credentials or (self._account_credentials() if self.cfg.password else None)
+        if msg.status in (401, 407) and not leg.auth_tried and not leg.over and creds is not None:
+            leg.auth_tried = True  # once: a second challenge means the credentials are wrong
+            branch = new_branch(self.rng)
+            retry = authorized_retry(leg.invite.to_bytes(), msg, self.contact, branch, creds.user, creds.password,
+                                     token(self.rng, 8))
+            if retry is not None:
+                leg.local_cseq += 1
+                leg.go(LEvent.RETRY)
+                self._start_invite(leg, retry, branch, now)
+                return
+            log.warning("screener: the outgoing call's INVITE was challenged with a digest screener cannot answer")
+        if msg.status >= 300:
+            self._leg_failed(leg, msg.status)
+
+    def _leg_2xx(self, leg: OutgoingLeg, msg: Message, now: float) -> None:
+        tag = name_addr(msg.get("to") or "").tag or ""
+        if leg.ack:
+            if tag == leg.remote_tag:
+                self._send_all([leg.ack], self._leg_dest(leg))  # a retransmitted 2xx: our ACK again (13.2.2.4)
+            else:
+                self._ack_and_bye(leg, msg, now)  # a second branch of a forking proxy answered too
+            return
+        take_2xx(leg, msg)
+        leg.ack = leg_request(leg, self.contact, self._domain(), new_branch(self.rng), "ACK", leg.invite.cseq[0])
+        self._send_all([leg.ack], self._leg_dest(leg))
+        leg.go(LEvent.ANSWERED)
+        leg.cancel_deadline = None
+        media = answer_media(sdp_body(msg) or b"")
+        if leg.over:  # our CANCEL (or the stop) crossed the 2xx: ACK, then BYE
+            self._send_leg_bye(leg, now)
+            leg.go(LEvent.BYE)
+            self._release_leg(leg)
+        elif media is None:
+            log.warning("screener: the outgoing call was answered without G.711 in its SDP: hanging up")
+            leg.final_code = 488
+            self._abandon(leg, "failed", now)
+        else:
+            self._events.append(LegAnswered(leg.key, *media))
+
+    def _ack_and_bye(self, leg: OutgoingLeg, msg: Message, now: float) -> None:
+        other = OutgoingLeg(leg.key, leg.call_id, leg.local_tag, leg.target_uri, leg.from_user, leg.display,
+                            leg.loop_token, leg.dest, leg.credentials, b"")
+        take_2xx(other, msg)
+        other.local_cseq = leg.invite.cseq[0]
+        domain = self._domain()
+        self._send_all([leg_request(other, self.contact, domain, new_branch(self.rng), "ACK", other.local_cseq)],
+                       self._leg_dest(other))
+        branch = new_branch(self.rng)
+        self._start_bye(leg_request(other, self.contact, domain, branch, "BYE"), self._leg_dest(other), branch,
+                        False, now, leg.credentials)
+
+    def _own_call(self, msg: Message) -> bool:
+        """Whether an INVITE is one of our outgoing calls come back: its Call-ID, our loop token, or the From
+        user and display name we sent (a B2BUA such as the FRITZ!Box keeps neither Call-ID nor our header)."""
+        loop_token, user, display = loop_marks(msg)
+        return any(msg.call_id == leg.call_id or (loop_token and loop_token == leg.loop_token)
+                   or (user == leg.from_user and display == leg.display) for leg in self._legs.values())
+
+    def _for_leg(self, data: bytes) -> bool:
+        """A request in the dialog of one of our legs, from wherever its remote target is."""
+        if not any(call_id.encode() in data for call_id in self._leg_ids):
+            return False  # the common case, without parsing: an untrusted flood costs a substring search
+        try:
+            msg = parse(data)
+        except ParseError:
+            return False
+        return msg.is_request and msg.call_id in self._leg_ids and bool(self._to_tag(msg))
+
+    @staticmethod
+    def _to_tag(msg: Message) -> str:
+        try:
+            return name_addr(msg.get("to") or "").tag or ""
+        except ParseError:
+            return ""
+
+    def _on_leg_request(self, leg: OutgoingLeg, msg: Message, addr: Addr, now: float) -> bool:
+        """A request of the household in our leg's dialog; False for methods the general handlers answer."""
+        method = msg.method.upper()
+        if method not in ("ACK", "BYE", "INFO", "INVITE", "UPDATE"):
+            return False
+        if method == "ACK":
+            tx = leg.reinvite
+            if tx is not None and msg.cseq[0] == leg.reinvite_cseq and tx.ack(now):
+                body = sdp_body(msg)
+                media = answer_media(body) if body and leg.reinvite_late else None
+                if media is not None and not leg.over:
+                    self._events.append(LegMedia(leg.key, *media))
+                self._release_leg(leg)
+            return True
+        if self._to_tag(msg) != leg.local_tag or leg.state is not LState.ANSWERED:
+            self._respond(msg, addr, 481, "Call/Transaction Does Not Exist", now)
+            return True
+        tx = leg.reinvite
+        if method == "INVITE" and tx is not None and msg.cseq[0] == leg.reinvite_cseq and msg.branch == tx.branch:
+            self._send_all([tx.retransmission()], addr)
+            return True
+        if msg.cseq[0] < leg.remote_cseq:
+            self._respond(msg, addr, 500, "Server Internal Error (CSeq out of order)", now)
+            return True
+        leg.remote_cseq = msg.cseq[0]
+        if method == "BYE":
+            self._respond(msg, addr, 200, "OK", now, to_tag=leg.local_tag)
+            leg.go(LEvent.BYE)
+            if leg.end("bye"):
+                self._events.append(LegEnded(leg.key, "bye", leg.final_code))
+            self._release_leg(leg)
+        elif method == "INFO":
+            self._respond(msg, addr, 200, "OK", now, to_tag=leg.local_tag)
+            if not leg.over:
+                self._events.extend(LegDigit(leg.key, key) for key in dtmf_relay_keys(msg))
+        else:
+            self._leg_offer(leg, msg, addr, method, now)
+        return True
+
+    def _leg_offer(self, leg: OutgoingLeg, msg: Message, addr: Addr, method: str, now: float) -> None:
+        """A re-INVITE or UPDATE of the household: our answer to its offer (our offer again when it has none)."""
+        offer = sdp_body(msg)
+        plan = None
+        if offer:
+            try:
+                plan = answer_plan(parse_sdp(offer))
+            except ParseError:
+                plan = None
+            if plan is None:  # RFC 3311 5.2 / 3261 14.2: the session stays as it was
+                self._respond(msg, addr, 488, "Not Acceptable Here", now, to_tag=leg.local_tag)
+                return
+            if not leg.over:
+                self._events.append(LegMedia(leg.key, plan.remote, (plan.codec, plan.payload, plan.event_payload),
+                                             plan.ptime))
+        leg.sdp_version += 1
+        body = local_sdp(self.contact.host, leg.rtp_port, plan or OFFER_PLAN, leg.sdp_session,
+                         leg.sdp_version) if offer or method == "INVITE" else b""
+        extra = [("contact", self.contact.header())] + [("content-type", "application/sdp")] * bool(body)
+        if method == "UPDATE":
+            self._respond(msg, addr, 200, "OK", now, extra, body, to_tag=leg.local_tag)
+            return
+        tx = leg.reinvite = ServerInviteTransaction(msg.branch, self.timing)
+        leg.reinvite_cseq, leg.reinvite_late, leg.reinvite_addr = msg.cseq[0], not offer, addr
+        data = build_response(msg, addr, 200, "OK", extra, body, to_tag=leg.local_tag)
+        self._send_all(tx.respond(200, data, now), addr)
+        self._arm("legreinv", leg.key, tx.timer_at)
+
+    def _leg_reinvite_timer(self, leg: OutgoingLeg, now: float) -> None:
+        tx = leg.reinvite
+        assert tx is not None
+        self._send_all(tx.on_timer(now), leg.reinvite_addr)  # responses go where the request came from
+        self._arm("legreinv", leg.key, tx.timer_at)
+        if tx.state is SIState.TERMINATED:
+            self._release_leg(leg)
+
+
+__all__ = ["MAX_DIALOGS", "AnswerPlan", "CallEnded", "CallReleased", "Credentials", "Digit", "Event", "LegAnswered",
+           "LegDigit", "LegEnded", "LegEvent", "LegMedia", "LegProgress", "LegReleased", "MediaStop", "MediaUpdate",
            "NewCall", "Rejected", "ResolveProvider", "SipCore", "StatusChange"]

@@ -286,12 +286,19 @@ def _is_ip(host: str) -> bool:
 
 
 def bye_destination(d: Dialog, outbound_proxy: tuple[str, int] | None) -> tuple[str, int]:
+    return request_destination(d.route_set, d.remote_target, outbound_proxy, d.addr)
+
+
+def request_destination(route_set: list[str], remote_target: str, outbound_proxy: tuple[str, int] | None,
+                        fallback: tuple[str, int]) -> tuple[str, int]:
+    """Where an in-dialog request goes: the first route, else the outbound proxy, else the remote target; a name
+    we will not resolve here means `fallback` (the hop the dialog came through)."""
     candidates = []
-    if d.route_set:
-        candidates.append(name_addr(d.route_set[0]).uri)
+    if route_set:
+        candidates.append(name_addr(route_set[0]).uri)
     elif outbound_proxy is not None:
         return outbound_proxy
-    candidates.append(d.remote_target)
+    candidates.append(remote_target)
     for raw in candidates:
         try:
             uri = parse_uri(raw)
@@ -299,7 +306,23 @@ def bye_destination(d: Dialog, outbound_proxy: tuple[str, int] | None) -> tuple[
             continue
         if uri.host.strip("[]") and _is_ip(uri.host.strip("[]")):
             return uri.host.strip("[]"), uri.port or 5060
-    return d.addr  # a name we will not resolve here: the hop that sent the INVITE
+    return fallback
+
+
+MediaPlan = tuple[tuple[str, int], tuple[str, int, int | None]]  # (where to send, (codec, payload, event payload))
+
+
+def answer_media(body: bytes) -> MediaPlan | None:
+    """Where our media goes and in which codec, by the SDP answer to our offer; None when it has no G.711."""
+    try:
+        sdp = parse_sdp(body)
+    except ParseError:
+        return None
+    choice = choose_codec(sdp)
+    if choice is None:
+        return None
+    sends = sdp.direction in ("sendrecv", "recvonly") and not sdp.on_hold  # the answer's view, reversed
+    return (sdp.address, sdp.port if sends else 0), (choice[0], choice[1], sdp.event_payload())
 
 
 def choose_codec(offer: Sdp) -> tuple[str, int] | None:

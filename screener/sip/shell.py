@@ -2,7 +2,8 @@
 
 One thread ("sip-loop") owns the socket and feeds the core datagrams and timer events; one ("sip-aux") makes
 the status callbacks and the DNS look-ups the core asks for; each call's handler runs on a parked worker
-thread and acts through `Call` methods, which send commands to the core through `CallControl`. Replaces
+thread and acts through `Call` methods (and the `Leg`s of the outgoing calls it places), which send commands to
+the core through `CallControl` / `LegControl`. Replaces
 pyVoIP's SIPClient / VoIPPhone / VoIPCall (B1-B5, B9, B12, B14, B15, B17, B18).
 """
 
@@ -29,8 +30,16 @@ from screener.config import SipConfig
 from screener.sip.core import (
     CallEnded,
     CallReleased,
+    Credentials,
     Digit,
     Event,
+    LegAnswered,
+    LegDigit,
+    LegEnded,
+    LegEvent,
+    LegMedia,
+    LegProgress,
+    LegReleased,
     MediaStop,
     MediaUpdate,
     NewCall,
@@ -39,6 +48,7 @@ from screener.sip.core import (
 )
 from screener.sip.dialogs import IncomingCall
 from screener.sip.media import FRAME_SECONDS, PortPool, RtpSession
+from screener.sip.message import ParseError, parse_uri
 from screener.sip.registration import (
     Contact,
     ResolveProvider,
@@ -54,8 +64,8 @@ log = logging.getLogger("screener.sip")
 DNS_LIFETIME = 3.0  # s per RFC 3263 query (the aux thread waits; a dead DNS server must not stall registration)
 PARKED_WORKERS = 2  # call-handler threads kept waiting for the next call (see _Workers)
 
-__all__ = ["PARKED_WORKERS", "REFRESH_MAX", "Call", "CallControl", "IncomingCall", "RegStatus", "SipAgent", "Timing",
-           "UntrustedSummary", "backoff_delay"]
+__all__ = ["PARKED_WORKERS", "REFRESH_MAX", "Call", "CallControl", "Credentials", "IncomingCall", "Leg", "LegControl",
+           "RegStatus", "SipAgent", "Timing", "UntrustedSummary", "backoff_delay"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,20 @@ class RegStatus:
     expires: int | None = None  # granted expiry while registered
 
 
+class Endable(Protocol):
+    """What Call.bridge needs of the other side: a `Leg`, or a fake in tests."""
+
+    @property
+    def ended(self) -> bool: ...
+    def hangup(self) -> None: ...
+
+
+class LegControl(Protocol):
+    """What a `Leg` may ask of the agent, by the leg's key."""
+
+    def end_leg(self, key: str) -> None: ...
+
+
 class CallControl(Protocol):
     """What a `Call` may ask of the agent, by the call's key."""
 
@@ -83,6 +107,8 @@ class CallControl(Protocol):
     def decline(self, key: str, code: int) -> bool: ...
     def answer(self, key: str) -> bool: ...
     def hangup(self, key: str) -> None: ...
+    def dial(self, target: str, *, from_user: str, display: str, credentials: tuple[str, str] | None = None,
+             parent: Call | None = None) -> Leg: ...
 
 
 class _Workers:
@@ -141,54 +167,24 @@ class _Workers:
 
 
 
-class Call:
-    """One incoming call. Every method is safe from any thread; none raises once the call is over."""
+class _Party:
+    """What an incoming call and an outgoing leg share: the media, the keys pressed, the end. Every method is safe
+    from any thread; none raises once the party is over."""
 
-    def __init__(self, control: CallControl, info: IncomingCall, key: str, requires_100rel: bool = False) -> None:
-        self.info = info
-        self.key = key
-        self.requires_100rel = requires_100rel  # the caller requires reliable provisional responses (RFC 3262)
-        self._control = control
-        self.end_reason: str | None = None  # declined, cancelled, bye, hangup, no_ack, stopped, error, timeout
-        self.cancel_reason: str | None = None
+    def __init__(self, cv: threading.Condition | None = None) -> None:
+        # a call: declined, cancelled, bye, hangup, no_ack, stopped, error, timeout;
+        # a leg: failed, cancelled, hangup (ours), bye (theirs), stopped
+        self.end_reason: str | None = None
         self.codec: str | None = None
         self.media: RtpSession | None = None
         self._ended_media: RtpSession | None = None
-        self._cv = threading.Condition()
+        self._cv = cv or threading.Condition()  # a leg shares its call's: one wait sees either side end
         self._digits: deque[str] = deque(maxlen=32)
-
-    @property
-    def call_id(self) -> str:
-        return self.info.call_id
 
     @property
     def ended(self) -> bool:
         """Over for the handler: ended, or hung up / cancelled with only the dialog's ACK and BYE to come."""
         return self.end_reason is not None
-
-    @property
-    def answered_elsewhere(self) -> bool:
-        """A CANCEL saying another branch took the call (RFC 3326 Reason cause=200)."""
-        r = (self.cancel_reason or "").replace(" ", "").lower()
-        return "cause=200" in r
-
-    # -- actions --
-
-    def ring(self) -> bool:
-        """Send 180 Ringing (reliably, RFC 3262, when the caller requires or supports 100rel); False when over."""
-        return self._control.ring(self.key)
-
-    def decline(self, code: int = 603) -> bool:
-        """Reject while ringing (603 Decline / 607 Unwanted end every branch of a forking proxy)."""
-        return self._control.decline(self.key, code)
-
-    def answer(self) -> bool:
-        """Send 200 OK with our SDP and start the media; False when cancelled or ended first (B3)."""
-        return self._control.answer(self.key)
-
-    def hangup(self) -> None:
-        """End the call: BYE when answered (after its ACK, B5), 480 while still ringing."""
-        self._control.hangup(self.key)
 
     def play(self, pcm: bytes, *, until_digit: bool = False) -> bool:
         """Send 8 kHz 16-bit mono PCM and wait until it is out; False when the call ended (or a digit came)."""
@@ -205,6 +201,18 @@ class Call:
                 return True
         return False
 
+    def play_background(self, pcm: bytes) -> None:
+        """Queue 8 kHz 16-bit mono PCM and return at once (the ringback while the house rings)."""
+        media = self.media
+        if media is not None and not self.ended:
+            media.play(pcm)
+
+    def stop_playback(self) -> None:
+        """Drop whatever audio is still queued."""
+        media = self.media
+        if media is not None:
+            media.clear_playback()
+
     def wait_digit(self, timeout: float) -> str | None:
         """The next key pressed (RFC 2833 or SIP INFO), or None after `timeout` or at the end of the call."""
         with self._cv:
@@ -212,7 +220,7 @@ class Call:
             return self._digits.popleft() if self._digits else None
 
     def record(self, max_seconds: float, silence_seconds: float = 5.0, silence_rms: int = 200) -> bytes:
-        """Received audio as 8 kHz 16-bit PCM until the caller hangs up, goes silent, or `max_seconds`."""
+        """Received audio as 8 kHz 16-bit PCM until the other side hangs up, goes silent, or `max_seconds`."""
         media = self.media
         if media is None:
             return b""
@@ -248,17 +256,180 @@ class Call:
             self._digits.append(key)
             self._cv.notify_all()
 
+    def _stop_media(self) -> None:
+        media, self.media = self.media, None  # over for the handler: no more audio either way
+        if media is not None:
+            self._ended_media = media
+            media.stop()  # never waits here: the socket thread must not block
+
+
+class Call(_Party):
+    """One incoming call."""
+
+    def __init__(self, control: CallControl, info: IncomingCall, key: str, requires_100rel: bool = False) -> None:
+        super().__init__()
+        self.info = info
+        self.key = key
+        self.requires_100rel = requires_100rel  # the caller requires reliable provisional responses (RFC 3262)
+        self._control = control
+        self.cancel_reason: str | None = None
+        self.legs: list[Leg] = []  # the outgoing calls it placed (ended with it at the latest)
+
+    @property
+    def call_id(self) -> str:
+        return self.info.call_id
+
+    @property
+    def answered_elsewhere(self) -> bool:
+        """A CANCEL saying another branch took the call (RFC 3326 Reason cause=200)."""
+        r = (self.cancel_reason or "").replace(" ", "").lower()
+        return "cause=200" in r
+
+    # -- actions --
+
+    def ring(self) -> bool:
+        """Send 180 Ringing (reliably, RFC 3262, when the caller requires or supports 100rel); False when over."""
+        return self._control.ring(self.key)
+
+    def decline(self, code: int = 603) -> bool:
+        """Reject while ringing (603 Decline / 607 Unwanted end every branch of a forking proxy)."""
+        return self._control.decline(self.key, code)
+
+    def answer(self) -> bool:
+        """Send 200 OK with our SDP and start the media; False when cancelled or ended first (B3)."""
+        return self._control.answer(self.key)
+
+    def hangup(self) -> None:
+        """End the call: BYE when answered (after its ACK, B5), 480 while still ringing."""
+        self._control.hangup(self.key)
+
+    def dial(self, target: str, *, from_user: str, display: str,
+             credentials: tuple[str, str] | None = None) -> Leg | None:
+        """Place an outgoing call to `target` (a SIP URI) for this caller (ring-through); None when this call is
+        over or no RTP port is free. The leg ends with this call's handler at the latest."""
+        if self.ended:
+            return None
+        try:
+            leg = self._control.dial(target, from_user=from_user, display=display, credentials=credentials,
+                                     parent=self)
+        except OSError as e:
+            log.warning("screener: cannot place the outgoing call for %s: %s", self.call_id, e)
+            return None
+        self.legs.append(leg)
+        return leg
+
+    def bridge(self, leg: Endable, max_seconds: float) -> str:
+        """Relay the media of this call and `leg` (a `Leg` it dialled) both ways until one side ends (the other
+        is then ended), `max_seconds` pass, or the agent stops; who ended it: "caller", "household", "timeout",
+        "stopped"."""
+        party = leg if isinstance(leg, _Party) else None
+        a, b = self.media, party.media if party is not None else None
+        if a is not None and b is not None and not self.ended and not leg.ended:
+            a.relay_to(b)
+            b.relay_to(a)
+        deadline = time.monotonic() + max_seconds
+        with self._cv:
+            while not self.ended and not leg.ended and time.monotonic() < deadline:
+                # a leg of this call shares its condition: either side's end wakes this at once
+                shared = party is not None and party._cv is self._cv
+                self._cv.wait(min(deadline - time.monotonic(), 1.0) if shared else 0.05)
+        for media in (a, b):
+            if media is not None:
+                media.relay_to(None)
+        if "stopped" in (self.end_reason, party.end_reason if party is not None else None):
+            who = "stopped"
+        elif self.ended:
+            who = "caller"
+        elif leg.ended:
+            who = "household"
+        else:
+            who = "timeout"
+        if who != "caller":
+            self.hangup()
+        if who != "household":
+            leg.hangup()
+        return who
+
+    # -- fed by the agent --
+
     def _ended(self, reason: str, cancel_reason: str | None) -> None:
         with self._cv:
             self.cancel_reason = cancel_reason
             self.end_reason = reason
             self._cv.notify_all()
 
-    def _stop_media(self) -> None:
-        media, self.media = self.media, None  # over for the handler: no more audio either way
-        if media is not None:
-            self._ended_media = media
-            media.stop()  # never waits here: the socket thread must not block
+
+BUSY_CODES = frozenset({486, 600})
+FAILED_CODES = frozenset({401, 407, 408, 488, 503})  # unreachable, or ours to fix: not the household's choice
+
+
+class Leg(_Party):
+    """One outgoing call (ring-through), placed by `Call.dial` or `SipAgent.dial`."""
+
+    def __init__(self, control: LegControl, key: str, target: str, parent: Call | None = None) -> None:
+        super().__init__(parent._cv if parent is not None else None)
+        self.key = key
+        self.target = target
+        self.parent = parent
+        self._control = control
+        self.ringing = False  # a 180/183 came
+        self.answered = False
+        self.final_code: int | None = None  # the final response that ended it unanswered (None: no response)
+
+    def wait_answered(self, timeout: float) -> str:
+        """Wait for the household: "answered", "busy" (486/600), "declined" (603/607 and other 4xx-6xx, the code
+        in `final_code`), "no_answer" (not within `timeout`, or 480: the leg is CANCELled), "failed" (408, 503,
+        no response, 3xx, a digest we cannot pass), or "caller_gone" (the call it rings for ended first)."""
+        parent = self.parent
+        with self._cv:
+            self._cv.wait_for(lambda: self.answered or self.ended or (parent is not None and parent.ended),
+                              timeout)
+        if self.answered:
+            return "answered"
+        if not self.ended:
+            self.cancel()
+            return "caller_gone" if parent is not None and parent.ended else "no_answer"
+        return self.outcome
+
+    @property
+    def outcome(self) -> str:
+        """What wait_answered says of a leg that ended unanswered."""
+        code = self.final_code
+        if self.end_reason in ("cancelled", "hangup"):
+            return "caller_gone" if self.parent is not None and self.parent.ended else "no_answer"
+        if code is None or self.end_reason == "stopped" or code in FAILED_CODES or code < 400:
+            return "failed"
+        if code in BUSY_CODES:
+            return "busy"
+        if code in (480, 487):  # nobody took it (a forking proxy's own timeout)
+            return "no_answer"
+        return "declined"
+
+    def cancel(self) -> None:
+        """Stop ringing the household (CANCEL), or hang up once answered (BYE)."""
+        self._control.end_leg(self.key)
+
+    def hangup(self) -> None:
+        """End the leg: BYE once answered, CANCEL while it rings."""
+        self._control.end_leg(self.key)
+
+    # -- fed by the agent --
+
+    def _progress(self, code: int) -> None:
+        with self._cv:
+            self.ringing = self.ringing or code > 100
+            self._cv.notify_all()
+
+    def _answered(self) -> None:
+        with self._cv:
+            self.answered = True
+            self._cv.notify_all()
+
+    def _ended(self, reason: str, code: int | None) -> None:
+        with self._cv:
+            self.final_code = code
+            self.end_reason = reason
+            self._cv.notify_all()
 
 
 CallHandler = Callable[[Call], None]
@@ -285,6 +456,8 @@ class SipAgent:
         self.status = RegStatus("unregistered", None, time.time())
         self._lock = threading.RLock()  # serialises everything that enters the core
         self._calls: dict[str, Call] = {}
+        self._legs: dict[str, Leg] = {}
+        self._leg_numbers = itertools.count(1)
         self._later: list[Callable[[], None]] = []  # what _flush found to do once the lock is released
         self._stopping = False
         self._closing = threading.Event()  # the threads: stop
@@ -542,6 +715,9 @@ class SipAgent:
                 on_reject = self.on_reject
                 self._later.append(lambda: on_reject(ev.info, ev.code, ev.why))
             return
+        if isinstance(ev, LegEvent):
+            self._leg_event(ev)
+            return
         found = self._calls.get(ev.key)
         if found is None:
             return
@@ -560,6 +736,84 @@ class SipAgent:
             if ev.ptime is not None:
                 found.media.set_ptime(ev.ptime)
             found.media.set_remote(ev.remote)  # port 0 (a hold): nothing is sent
+
+    def _leg_event(self, ev: LegEvent) -> None:
+        leg = self._legs.get(ev.key)
+        if leg is None:
+            return
+        media = leg.media
+        if isinstance(ev, LegProgress):
+            leg._progress(ev.code)
+        elif isinstance(ev, LegAnswered):
+            if media is not None:
+                leg.codec = ev.codec[0]
+                media.set_codec(*ev.codec)
+                media.set_remote(ev.remote)
+                self._later.append(lambda: None if leg.ended else media.start())
+            leg._answered()
+        elif isinstance(ev, LegEnded):
+            leg._ended(ev.reason, ev.code)
+            leg._stop_media()
+        elif isinstance(ev, LegDigit):
+            leg._digit(ev.digit)
+        elif isinstance(ev, LegMedia) and media is not None:
+            leg.codec = ev.codec[0]
+            media.set_codec(*ev.codec)
+            if ev.ptime is not None:
+                media.set_ptime(ev.ptime)
+            media.set_remote(ev.remote)
+        elif isinstance(ev, LegReleased):
+            del self._legs[ev.key]
+
+    # -- outgoing calls (LegControl) --
+
+    def dial(self, target: str, *, from_user: str, display: str, credentials: tuple[str, str] | None = None,
+             parent: Call | None = None) -> Leg:
+        """Place an outgoing call (INVITE) to the SIP URI `target`, From `"display" <sip:from_user@our domain>`.
+        A target that cannot be resolved gives a leg that has failed already; OSError when no RTP port is free."""
+        assert self.pool is not None
+        leg = Leg(self, f"leg-{next(self._leg_numbers)}", target, parent)
+        if self._stopping:
+            leg._ended("stopped", None)
+            return leg
+        try:
+            dest = self._dial_destination(target)
+        except (OSError, ParseError) as e:
+            log.warning("screener: cannot call %s: %s", target, e)
+            leg._ended("failed", None)
+            return leg
+        sock = self.pool.bind()
+        media = RtpSession(self.pool, sock, "PCMU", 0, 101, ("0.0.0.0", 0), on_digit=leg._digit,
+                           trusted=self.is_trusted)
+        media.outPort = 0  # nothing to send to until the answer says where
+        leg.media = media
+
+        def place(now: float) -> bool:
+            self._legs[leg.key] = leg
+            return self.core.place_call(leg.key, target, from_user, display, media.port, now, dest=dest,
+                                        credentials=credentials)
+
+        self._command(place)
+        return leg
+
+    def _dial_destination(self, target: str) -> tuple[str, int]:
+        """Where the INVITE goes: the outbound proxy when set; the registrar for a target in its domain; else the
+        target's host (RFC 3263). OSError when nothing resolves, ParseError for a target that is no SIP URI."""
+        uri = parse_uri(target)
+        if uri.scheme not in ("sip", "sips") or not uri.host:
+            raise ParseError(f"not a SIP URI: {target[:60]!r}")
+        cfg = self.cfg
+        if cfg.outbound_proxy:
+            return self._targets(*split_hostport(cfg.outbound_proxy, 5060))[0]
+        reg = self.core.registration
+        if uri.host.strip("[]") in {cfg.server.lower(), cfg.sip_domain.lower()} and uri.port in (None, cfg.port):
+            if reg is not None and reg.dest is not None:
+                return reg.dest
+            return self._targets(cfg.server, cfg.port)[0]
+        return self._targets(uri.host.strip("[]"), uri.port or 5060)[0]
+
+    def end_leg(self, key: str) -> None:
+        self._command(lambda now: self.core.cancel_call(key, now))
 
     # -- commands of the calls (CallControl) --
 
@@ -606,8 +860,16 @@ class SipAgent:
             self.on_call(call)
         except Exception:
             log.exception("screener: call handler failed for %s", call.call_id)
-        # whatever the handler did, the INVITE gets a final response and an answered call its BYE
-        self._command(lambda now: self.core.handler_done(call.key, now))
+        # whatever the handler did, the INVITE gets a final response, an answered call its BYE, and the
+        # outgoing calls it placed their CANCEL or BYE
+        keys = [leg.key for leg in call.legs]
+
+        def done(now: float) -> None:
+            for key in keys:
+                self.core.cancel_call(key, now)
+            self.core.handler_done(call.key, now)
+
+        self._command(done)
 
     # -- registration status --
 

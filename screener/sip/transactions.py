@@ -302,7 +302,7 @@ class ClientTransaction:
         self.state, self.timer_at = NCState.TERMINATED, None
 
 
-# -- INVITE client transaction (17.1.1): for calls we place (ring-through); not used by the agent yet ------------
+# -- INVITE client transaction (17.1.1): for calls we place (ring-through) -----------------------------------
 
 
 class CIState(enum.Enum):
@@ -403,3 +403,7 @@ class ClientInviteTransaction:
         if event is CIEvent.TIMER_B:
             self.timed_out = True
         return []
+
+    def terminate(self) -> None:
+        """Stop at once (a CANCEL that never brought the final response, RFC 3261 9.1)."""
+        self.state, self.timer_at = CIState.TERMINATED, None

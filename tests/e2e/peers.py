@@ -237,8 +237,9 @@ class Kamailio:
     """kamailio in the foreground as the provider: registrar with digest auth that forks to every contact."""
 
     def __init__(self, workdir: Path, port: int, password: str, host: str = HOST, max_expires: int = 3600,
-                 min_expires: int = 10) -> None:
+                 min_expires: int = 10, invite_auth: bool = False) -> None:
         self.workdir = workdir
+        self.invite_auth = invite_auth  # INVITEs for the AOR "household" are challenged (407)
         self.host = host
         self.port = port
         self.password = password
@@ -256,6 +257,7 @@ class Kamailio:
         text = render((HERE / "kamailio.cfg.tmpl").read_text(), {
             "HOST": self.host, "PORT": self.port, "PASSWORD": self.password,
             "MAX_EXPIRES": self.max_expires, "MIN_EXPIRES": self.min_expires,
+            "INVITE_AUTH": int(self.invite_auth),
         })
         self.cfg.write_text(text)
         return self.cfg
@@ -404,8 +406,10 @@ class Phone:
 
     def __init__(self, workdir: Path, kamailio: Kamailio, port: int, media_port: int, name: str = "household",
                  *, ring_ms: int = 3000, decline: int | None = None, register_port: int | None = None,
-                 expires: int = 3600, password: str | None = None, extra: Sequence[str] = ()) -> None:
+                 expires: int = 3600, password: str | None = None, extra: Sequence[str] = (),
+                 user: str = AOR_USER) -> None:
         self.kamailio = kamailio
+        self.user = user  # the AOR it registers on
         self.password = kamailio.password if password is None else password
         self.port = port
         self.workdir = workdir
@@ -427,7 +431,7 @@ class Phone:
     def register(self, timeout: float = 5.0) -> None:
         """REGISTER the UAS's address on the AOR with digest auth (a short sipp run from another port)."""
         reg = Sipp(f"{self.name}-register", self.workdir, "register", {
-            "USER": AOR_USER, "PASSWORD": self.password, "CONTACT_HOST": HOST,
+            "USER": self.user, "PASSWORD": self.password, "CONTACT_HOST": HOST,
             "CONTACT_PORT": self.port, "EXPIRES": self.expires,
         }, self.register_port, (self.kamailio.host, self.kamailio.port), calls=1, timeout=timeout)
         rc = reg.run(timeout + 2)
