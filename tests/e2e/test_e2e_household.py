@@ -102,7 +102,6 @@ def test_the_house_does_not_take_it_and_the_caller_leaves_a_message(
         h.wait("confirmed", timeout=5)
         h.send_digit(key)
         h.wait("ended", timeout=5)
-    since = time.perf_counter()
     wait_until(lambda: c.has_tone(VOICEMAIL_HZ, window_s=0.2), 15, what="the voicemail prompt at the caller")
     c.play_tone(CALLER_HZ, 2.0)  # the message
     c.wait_sent()
@@ -112,7 +111,6 @@ def test_the_house_does_not_take_it_and_the_caller_leaves_a_message(
     assert h.state in ("ended", "cancelled", "declined"), h.state
     if plan.after is None:
         assert h.state == "cancelled"  # screener CANCELled its INVITE: the household stopped ringing
-    assert since > 0
 
 
 def test_household_presses_9_and_the_next_call_is_blocked(make_screener: Callable[..., Screener],
