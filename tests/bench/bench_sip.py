@@ -184,6 +184,43 @@ def bench_screener_blocked(work: Path, ports: Ports, calls: int = 200, rate: flo
     return rows
 
 
+def bench_gatekeeper(work: Path, ports: Ports, calls: int = 200, rate: float = 10,
+                     entries: int = 1_000_000) -> list[Row]:
+    """Gatekeeper mode, allowed callers against a list of `entries` numbers: the caller's INVITE leaving ->
+    screener's INVITE arriving at the household phone (both through kamailio), then the house's 486 back."""
+    from pyphone import Plan, PyPhone
+
+    rows: list[Row] = []
+    s = _screener(work, ports, sip={"mode": "gatekeeper"},
+                  ring_through={"target": f"sip:household@{HOST}:{ports.kamailio}", "max_bridged_calls": 32})
+    took = _seed_blocklist(s, entries)
+    numbers = [f"+3902{7000000 + i}" for i in range(calls)]
+    s.cli("list", "add", "allow", "+39027*", "--force")  # every caller of the run is allowed
+    rows.append(Row("gatekeeper", f"seed {entries:,} block entries + an allow prefix", f"{took:.1f} s"))
+    with provider(work, ports) as k:
+        house = PyPhone(ports.pyphone(0), "household", (k.host, k.port), plan=Plan(after=0.0, decline=486))
+        try:
+            house.register()
+            _started(s)
+            try:
+                with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac, Peak(s) as peak:
+                    res = uac.run(numbers, rate, timeout=15)
+                arrived = {e.call_id: e.t for e in house.events if e.kind == "incoming"}
+                rung = {c.invite.from_user: arrived[c.call_id] for c in house.calls
+                        if c.invite is not None and c.call_id in arrived}
+                lat = [(rung[key] - r.sent) * 1000 for r in res if (key := "00" + r.number[1:]) in rung]
+                rows.append(Row("gatekeeper", f"{calls} allowed calls at {rate:g}/s", f"{len(lat)} rang the house",
+                                f"caller's final codes: {_count([r.final_code for r in res])}"))
+                rows.append(Row("gatekeeper", "INVITE sent -> INVITE at the household p50 / p99 / max",
+                                f"{_ms(lat, 50)} / {_ms(lat, 99)} / {_ms(lat, 100)}", "two kamailio hops included"))
+                rows.append(Row("gatekeeper", "peak threads / RSS", f"{peak.threads} / {peak.rss_kb / 1024:.1f} MiB"))
+            finally:
+                _stop(s, rows, "gatekeeper")
+        finally:
+            house.close()
+    return rows
+
+
 def bench_screener_unknown(work: Path, ports: Ports, calls: int = 20, rate: float = 2) -> list[Row]:
     """Unknown callers with screen_delay 0: INVITE->200 (screener answers to play the challenge)."""
     rows: list[Row] = []
@@ -298,6 +335,7 @@ BENCHES: dict[str, Callable[[Path, Ports], list[Row]]] = {
     "baseline": bench_baseline,
     "blocked": bench_screener_blocked,
     "unknown": bench_screener_unknown,
+    "gatekeeper": bench_gatekeeper,
     "rtp": bench_screener_rtp,
     "load": bench_screener_load,
     "load-unknown": lambda work, ports: bench_screener_load(work, ports, blocked=False),
