@@ -16,13 +16,12 @@ from flask import Blueprint, Flask, Response, current_app, redirect, render_temp
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import login_user
-from sqlalchemy import select
 
-from screener import config_edit, users
+from screener import config_edit, presets, users
 from screener.config_edit import PROFILES, EditError
 from screener.health import BEAT_FILE, NOT_CONFIGURED, freshest, judge, read_beat_file
 from screener.presets import PRESETS
-from screener.store import ListEntry, get_sip_status, put_entry, utcnow
+from screener.store import get_sip_status, utcnow
 from web import auth, db
 from web.security import RateLimiter
 
@@ -192,22 +191,8 @@ def line(profile: str) -> str | Response | tuple[str, int]:
     current_app.extensions["screener.config"] = new
     if p.ui_language:
         session["lang"] = p.ui_language
-    for name in new.screening.presets:
-        _fill_preset(name)
+    presets.apply_configured(db.session(), [n for n in new.screening.presets if n in PRESETS])
     return redirect(url_for("setup.check", t=f"{saved:.3f}"))
-
-
-def _fill_preset(name: str) -> None:
-    """The preset's entries that have no entry yet (what the user put on a list stays as it is)."""
-    preset = PRESETS.get(name)
-    if preset is None:
-        return
-    s = db.session()
-    patterns = [e.pattern for e in preset.entries]
-    existing = set(s.scalars(select(ListEntry.pattern).where(ListEntry.pattern.in_(patterns))))
-    for e in preset.entries:
-        if e.pattern not in existing:
-            put_entry(s, e.list, e.pattern, label=e.label, source=f"preset {name}")
 
 
 def verdict(state: str | None, error: str, running: bool) -> tuple[str, str]:
