@@ -16,14 +16,16 @@ from web.calls import cursor_arg, page
 bp = Blueprint("voicemail", __name__, url_prefix="/voicemail")
 
 
-def voicemail_file(call: Call) -> Path | None:
-    """The recording's path (stored relative to the data directory), only if it lies inside its voicemail
-    folder: a row pointing anywhere else, by `..`, an absolute path or a symlink, is never served or deleted."""
-    if not call.voicemail_path:
+def voicemail_file(call: Call, stored: str | None = None) -> Path | None:
+    """The recording's path (stored relative to the data directory: the message, or `stored`, the name the
+    caller said for a ring-through), only if it lies inside the voicemail folder: a row pointing anywhere
+    else, by `..`, an absolute path or a symlink, is never served or deleted."""
+    stored = stored if stored is not None else call.voicemail_path
+    if not stored:
         return None
     data = db.data_path().resolve()
     root = data / "voicemail"
-    path = Path(call.voicemail_path)
+    path = Path(stored)
     path = (path if path.is_absolute() else data / path).resolve()
     return path if path.is_relative_to(root) and path != root else None
 
@@ -43,8 +45,18 @@ def index() -> str:
 @bp.get("/<int:call_id>/audio")
 def audio(call_id: int) -> Response:
     """The recording as WAV, with range support for seeking."""
+    return _wav(call_id, name=False)
+
+
+@bp.get("/<int:call_id>/name")
+def name(call_id: int) -> Response:
+    """The name the caller said for the household's announcement (ring-through with ask_name)."""
+    return _wav(call_id, name=True)
+
+
+def _wav(call_id: int, name: bool) -> Response:
     call = db.session().get(Call, call_id) or abort(404)
-    path = voicemail_file(call)
+    path = voicemail_file(call, call.name_path or "") if name else voicemail_file(call)
     if path is None or not path.is_file():
         abort(404)
     response = send_file(path, mimetype="audio/wav", conditional=True, max_age=0)

@@ -138,10 +138,21 @@ def test_voicemail_outside_its_folder_is_refused(auth: Any, add_call: Callable[.
                                                  stored: str) -> None:
     (data_dir / "voicemail" / "link.wav").unlink(missing_ok=True)
     (data_dir / "voicemail" / "link.wav").symlink_to(data_dir / "web_secret")
-    call_id = add_call(voicemail_path=stored.format(data=data_dir))
+    call_id = add_call(voicemail_path=stored.format(data=data_dir), name_path=stored.format(data=data_dir))
     assert auth.get(f"/voicemail/{call_id}/audio").status_code == 404
+    assert auth.get(f"/voicemail/{call_id}/name").status_code == 404
     auth.post(f"/voicemail/{call_id}/delete")
     assert (data_dir / "web_secret").is_file()
+
+
+def test_a_put_through_call_shows_its_talk_time_and_the_name_said(auth: Any, add_call: Callable[..., int],
+                                                                   data_dir: Path) -> None:
+    (data_dir / "voicemail" / "1_name.wav").write_bytes(b"RIFF0000WAVE")
+    call_id = add_call(outcome="connected", talk_s=151.0, name_path="voicemail/1_name.wav")
+    page = auth.get("/calls").get_data(as_text=True)
+    assert "talked 2:31" in page and f"/voicemail/{call_id}/name" in page
+    with auth.get(f"/voicemail/{call_id}/name") as r:
+        assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
 
 
 # --- settings ---------------------------------------------------------------------------------------------
