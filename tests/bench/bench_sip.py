@@ -221,6 +221,53 @@ def bench_gatekeeper(work: Path, ports: Ports, calls: int = 200, rate: float = 1
     return rows
 
 
+def bench_notify_hanging(work: Path, ports: Ports, calls: int = 200, rate: float = 20) -> list[Row]:
+    """Blocked callers' INVITE -> 603 while a voicemail's notification hangs at the endpoint (json:// to a
+    local HTTP server that never answers), beside the same with an endpoint that answers at once."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from notify_support import Endpoint
+    from pyphone import PyPhone
+
+    rows: list[Row] = []
+    for mode in ("ok", "hang"):
+        endpoint = Endpoint(mode)
+        section = f"notify {'hanging' if mode == 'hang' else 'answering'}"
+        s = _screener(work / mode, ports, notify={"urls": [endpoint.url], "events": ["voicemail"]},
+                      screening={"voicemail_max_seconds": 5})
+        s.cli("list", "add", "block", "+39025*", "--force")
+        try:
+            with provider(work / mode, ports) as k:
+                _started(s)
+                caller = PyPhone(ports.pyphone(0), "caller", (k.host, k.port))
+                try:  # a voicemail: its notification is what hangs
+                    c = caller.call(f"sip:home@{HOST}:{ports.kamailio}", codecs=("PCMU",), from_user="0287654321")
+                    c.wait("confirmed", timeout=10)
+                    time.sleep(1.3)
+                    c.send_digit("5")
+                    time.sleep(1.5)
+                    c.play_tone(800.0, 2.0)
+                    c.wait_sent()
+                    c.bye()
+                    if not endpoint.arrived.wait(10):
+                        raise RuntimeError("the voicemail's notification never reached the endpoint")
+                finally:
+                    caller.close()
+                try:
+                    with PyUac((HOST, ports.kamailio), (HOST, ports.caller)) as uac:
+                        res = uac.run([f"+3902{5000000 + i}" for i in range(calls)], rate, timeout=15)
+                    lat = [r.latency_ms for r in res if r.final_code == 603 and r.latency_ms is not None]
+                    rows.append(Row(section, f"{calls} blocked calls at {rate:g}/s", f"{len(lat)} x 603",
+                                    "the notification still held" if endpoint.hanging.is_set()
+                                    and not endpoint.release.is_set() else ""))
+                    rows.append(Row(section, "INVITE->603 p50 / p99 / max",
+                                    f"{_ms(lat, 50)} / {_ms(lat, 99)} / {_ms(lat, 100)}"))
+                finally:
+                    _stop(s, rows, section)
+        finally:
+            endpoint.close()
+    return rows
+
+
 def bench_screener_unknown(work: Path, ports: Ports, calls: int = 20, rate: float = 2) -> list[Row]:
     """Unknown callers with screen_delay 0: INVITE->200 (screener answers to play the challenge)."""
     rows: list[Row] = []
@@ -336,6 +383,7 @@ BENCHES: dict[str, Callable[[Path, Ports], list[Row]]] = {
     "blocked": bench_screener_blocked,
     "unknown": bench_screener_unknown,
     "gatekeeper": bench_gatekeeper,
+    "notify-hanging": bench_notify_hanging,
     "rtp": bench_screener_rtp,
     "load": bench_screener_load,
     "load-unknown": lambda work, ports: bench_screener_load(work, ports, blocked=False),
