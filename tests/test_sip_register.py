@@ -80,9 +80,10 @@ def test_refresh_is_capped_whatever_the_expiry_and_keepalives_wait_for_none():
     assert REFRESH_MAX == 20.0  # README: registered again within 30 s of a registrar's return
     line = Line(keepalive_interval=25)  # the default keepalive: longer than the cap, so no OPTIONS at all
     t = registered(line, expires=3600)
+    first = line.attempts()[0].msg
     for _ in range(5):
-        line.register(expires=3600)
-        assert line.now == pytest.approx(t + T.refresh_max)
+        again = line.register(expires=3600)
+        assert line.now == pytest.approx(t + T.refresh_max) and again.call_id == first.call_id
         t = line.now
     assert line.attempts("OPTIONS") == []
 
@@ -185,7 +186,10 @@ def test_outbound_proxy_distinct_from_registrar_domain():
     assert out.dest == proxy
     assert out.msg.uri == "sip:voip.example" and out.msg.get("route") == "<sip:192.0.2.20:5070;lr>"
     assert name_addr(out.msg.get("to") or "").uri == "sip:screener@voip.example"
-    assert {o.dest for o in line.out} == {proxy}
+    line.answer(out.msg, 401, "Unauthorized", 'WWW-Authenticate: Digest realm="r", nonce="n1"')
+    line.register(expires=60, within=0.0)
+    assert line.statuses[-1] == StatusChange("registered", None, 60)
+    assert {o.dest for o in line.out} == {proxy} and len(line.out) == 2  # the registrar's name is never used
 
 
 # -- silence, backoff, keepalive, probes -----------------------------------------------------------------------
