@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from sip_core_support import (
     PROVIDER,
@@ -17,8 +19,8 @@ from sip_core_support import (
     sent,
 )
 
-from screener.sip.core import CallEnded, CallReleased, Digit, MediaStop, NewCall, Rejected
-from screener.sip.message import parse
+from screener.sip.core import UNTRUSTED_LOG_INTERVAL, CallEnded, CallReleased, Digit, MediaStop, NewCall, Rejected
+from screener.sip.message import parse, parse_sdp
 from screener.sip.registration import ResolveProvider, StatusChange
 from screener.sip.transactions import Timing
 
@@ -285,3 +287,113 @@ def test_stop_ends_calls_as_stopped_with_480_or_bye():
     assert sorted((m.call_id, m.status or m.method) for m, _ in out) == [("ringing", 480), ("talking", "BYE")]
     ended = {e.key: e.reason for e in core.events() if isinstance(e, CallEnded)}
     assert ended == {"ringing": "stopped", "talking": "stopped"}
+
+
+# -- what the socket tests of test_sip_agent used to wait for in wall-clock time --------------------------------
+
+
+def sent_until(core, end: float) -> list[tuple[float, object]]:
+    """Fire every timer due up to `end`; what went out, with the time it went out."""
+    out = []
+    while (when := core.next_timer()) is not None and when <= end:
+        core.handle_timer(when)
+        out += [(when, m) for m, _ in sent(core)]
+    return out
+
+
+def test_an_unacked_decline_is_retransmitted_and_kept_until_timer_h_then_forgotten():
+    core = make_core()
+    core.receive_datagram(invite("noack"), PROVIDER, 0.0)
+    core.decline("noack", 603, 0.0)
+    [final] = [m for m, _ in sent(core) if m.status == 603]
+    resent, last = [], 0.0
+    while (when := core.next_timer()) is not None:
+        assert core.tracked_calls == 1 and core.tombstones == 0  # still waiting for the ACK
+        core.handle_timer(when)
+        last = when
+        resent += [m for m, _ in sent(core)]
+    assert last == pytest.approx(64 * Timing().t1)  # Timer H
+    assert len(resent) >= 5 and all(m.status == 603 and m.get("to") == final.get("to") for m in resent)
+    assert core.tracked_calls == 0 and core.tombstones == 0 and core.pending_transactions == 0
+    assert [type(e) for e in core.events()] == [NewCall, CallEnded, CallReleased]
+
+
+def test_the_final_response_is_retransmitted_until_its_ack_then_never_again():
+    # B5: responses to the INVITE are retransmitted until the ACK, then stop
+    core = make_core()
+    core.receive_datagram(invite(), PROVIDER, 0.0)
+    core.decline("c1", 603, 0.0)
+    [final] = [m for m, _ in sent(core) if m.status == 603]
+    resent = sent_until(core, 2.0)
+    assert [(t, m.status) for t, m in resent] == [(0.5, 603), (1.5, 603)]  # Timer G: T1, then doubling
+    core.receive_datagram(ack("c1", final), PROVIDER, 2.0)
+    assert sent(core) == [] and sent_until(core, 3600.0) == []
+    assert core.next_timer() is None
+
+
+def test_an_acked_decline_leaves_a_tombstone_answering_retransmissions_until_timer_i():
+    # Memory: a declined call's full record goes at its ACK (it used to stay 64*T1: 3200 records at 100/s);
+    # a retransmitted INVITE still gets the same 603 and no second handler call until Timer I (T4) is over.
+    core = make_core()
+    core.receive_datagram(invite("tomb"), PROVIDER, 0.0)
+    core.decline("tomb", 603, 0.0)
+    [final] = [m for m, _ in sent(core) if m.status == 603]
+    core.receive_datagram(ack("tomb", final), PROVIDER, 0.1)
+    assert core.tracked_calls == 0 and core.tombstones == 1
+    core.receive_datagram(invite("tomb"), PROVIDER, 0.2)
+    [(again, _)] = sent(core)
+    assert (again.status, again.get("to")) == (603, final.get("to"))
+    core.receive_datagram(invite("tomb", branch="z9hG4bKother"), PROVIDER, 0.3)
+    assert [m.status for m, _ in sent(core)] == [482]
+    assert [type(e) for e in core.events()] == [NewCall, CallEnded, CallReleased]  # one handler call
+    t_i = 0.1 + Timing().t4
+    core.handle_timer(t_i - 0.01)
+    assert core.tombstones == 1
+    core.handle_timer(t_i)
+    assert core.tombstones == 0 and core.next_timer() is None
+
+
+def test_replies_go_to_the_source_not_the_via():
+    # B4: a reply follows the packet's source (the Via here names a port nobody listens on)
+    source = (PROVIDER[0], 6000)
+    data = invite("src").replace(f"{PROVIDER[0]}:{PROVIDER[1]};branch".encode(), b"192.0.2.99:9;branch")
+    core = make_core()
+    core.receive_datagram(data, source, 0.0)
+    core.decline("src", 603, 0.0)
+    assert [(m.status, to) for m, to in sent(core)] == [(100, source), (603, source)]
+
+
+def test_untrusted_sources_get_nothing_and_are_logged_once_a_minute(caplog):
+    # only the provider talks to screener: no reply, no handler call, one grep-able line per source and minute
+    caplog.set_level(logging.WARNING, "screener.sip")
+    other = ("198.51.100.8", 5070)
+    core = make_core()
+    for i in range(3):
+        core.receive_datagram(invite(f"evil{i}"), STRANGER, float(i))
+    core.receive_datagram(reply(parse(invite()), 200, "OK"), STRANGER, 3.0)
+    core.receive_datagram(invite("evil9").replace(b"INVITE", b"OPTIONS", 1), other, 4.0)
+    core.receive_datagram(invite("evil4"), STRANGER, 3.0 + UNTRUSTED_LOG_INTERVAL)
+    assert sent(core) == [] and core.events() == []
+    lines = [r.getMessage() for r in caplog.records if "untrusted" in r.getMessage()]
+    assert lines == [f"screener: untrusted SIP from {STRANGER[0]}:{STRANGER[1]} dropped (INVITE)",
+                     f"screener: untrusted SIP from {other[0]}:{other[1]} dropped (OPTIONS)",
+                     f"screener: untrusted SIP from {STRANGER[0]}:{STRANGER[1]} dropped (INVITE)"]
+    assert core.untrusted_counts() == {STRANGER[0]: 5, other[0]: 1}
+
+
+def test_the_200_has_record_route_and_our_contact_and_the_bye_waits_for_the_ack_then_follows_the_route():
+    # B5: 200 OK copies Record-Route; B18: Contact is ours; B4: BYE follows the route set; B5: BYE after ACK
+    proxy = ("192.0.2.30", 5070)
+    core = make_core()
+    core.receive_datagram(invite("rr", extra=f"Record-Route: <sip:{proxy[0]}:{proxy[1]};lr>\r\n"), PROVIDER, 0.0)
+    assert core.answer("rr", core.answer_plan("rr", 0.0), 41000, 0.0)
+    [ok] = [m for m, _ in sent(core) if m.status == 200]
+    assert ok.get("record-route") == f"<sip:{proxy[0]}:{proxy[1]};lr>"
+    assert ok.get("contact") == f"<sip:screener@{US[0]}:{US[1]}>" and parse_sdp(ok.body).address == US[0]
+    core.hangup("rr", 0.1)
+    assert [m.status for _, m in sent_until(core, 2.0)] == [200, 200]  # no BYE before the ACK, the 200 again
+    core.receive_datagram(ack("rr", ok), PROVIDER, 2.0)
+    [(bye, dest)] = sent(core)
+    assert bye.method == "BYE" and dest == proxy
+    assert bye.uri == f"sip:caller@{PROVIDER[0]}:{PROVIDER[1]}" and bye.get("route") == ok.get("record-route")
+    assert bye.call_id == "rr" and "tag=" in bye.get("from") and bye.get("to").endswith("tag=frr")
