@@ -8,7 +8,7 @@ import random
 import re
 from collections.abc import Callable
 
-from sip_core_support import PROVIDER, US
+from sip_core_support import PROVIDER, US, reply
 
 from screener.config import SipConfig
 from screener.sip import auth
@@ -173,17 +173,6 @@ class Line:
         check_digest(req.get("authorization") or "", "REGISTER", "secret")
         self.answer(req, 200, "OK", f"Contact: {req.get('contact')};expires={expires}")
         return req
-
-
-def reply(req: Message, code: int, reason: str, *extra: str) -> bytes:
-    """The peer's response to `req`; bytes of `req` that are not UTF-8 (the parser keeps them as surrogates) go
-    back as they came."""
-    lines = [f"SIP/2.0 {code} {reason}"] + [f"Via: {v}" for v in req.get_all("via")]
-    to = req.get("to") or ""
-    if code >= 200 and "tag=" not in to:
-        to += ";tag=reg1"
-    lines += [f"From: {req.get('from')}", f"To: {to}", f"Call-ID: {req.call_id}", f"CSeq: {req.get('cseq')}"]
-    return ("\r\n".join(lines + list(extra)) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 def md5(s: str) -> str:

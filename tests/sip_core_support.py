@@ -64,12 +64,14 @@ def ack(call_id: str, final: Message) -> bytes:
 
 
 def reply(req: Message, code: int, reason: str, *extra: str) -> bytes:
+    """The peer's response to `req`; bytes of `req` that are not UTF-8 (the parser keeps them as surrogates) go
+    back as they came."""
     lines = [f"SIP/2.0 {code} {reason}"] + [f"Via: {v}" for v in req.get_all("via")]
     to = req.get("to") or ""
     if code >= 200 and "tag=" not in to:
         to += ";tag=reg1"
     lines += [f"From: {req.get('from')}", f"To: {to}", f"Call-ID: {req.call_id}", f"CSeq: {req.get('cseq')}"]
-    return ("\r\n".join(lines + list(extra)) + "\r\nContent-Length: 0\r\n\r\n").encode()
+    return ("\r\n".join(lines + list(extra)) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 def sent(core: SipCore) -> list[tuple[Message, tuple[str, int]]]:

@@ -13,8 +13,7 @@ from collections import Counter
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sip_core_clock import reply
-from sip_core_support import PROVIDER, ack, cancel, in_dialog, invite, make_core, run_until_idle
+from sip_core_support import PROVIDER, ack, cancel, in_dialog, invite, make_core, reply, run_until_idle
 
 from screener.sip.core import LegEnded, LegReleased, NewCall
 from screener.sip.message import Message, parse
