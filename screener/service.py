@@ -690,9 +690,12 @@ def _small_page_cache(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
 
 
-def _configured_prompts(cfg: Config) -> dict[str, Path | None]:
-    p = cfg.screening.prompts
-    return {name: (cfg.resolve(getattr(p, name)) if getattr(p, name) else None) for name in audio.PROMPT_NAMES}
+def load_prompts(cfg: Config) -> audio.Prompts:
+    """The prompts of the configured language: configured files, the dashboard's, else the shipped ones."""
+    p, rt = cfg.screening.prompts, cfg.ring_through
+    configured = {name: (cfg.resolve(getattr(p, name)) if getattr(p, name) else None) for name in audio.PROMPT_NAMES}
+    return audio.load_prompts(cfg.screening.language, cfg.screening.challenge_digit, configured,
+                              cfg.data_path / "prompts", (rt.talk_key, rt.voicemail_key, rt.block_key))
 
 
 class Service:
@@ -732,8 +735,7 @@ class Service:
         db = self._db
         if db.is_sqlite:
             event.listen(db.engine, "connect", _small_page_cache)
-        prompts = audio.load_prompts(cfg.screening.language, cfg.screening.challenge_digit,
-                                     _configured_prompts(cfg), cfg.data_path / "prompts")
+        prompts = load_prompts(cfg)
         calllog = CallLog(db, cfg.data_path / JOURNAL_NAME)
         calllog.start()
         # the journal of the last run and its open rows first (a database that is away: later, by the writer)
@@ -837,15 +839,15 @@ class Service:
             return False
         try:
             cfg = config_mod.load(Path(self.cfg.path))
-            prompts = audio.load_prompts(cfg.screening.language, cfg.screening.challenge_digit,
-                                         _configured_prompts(cfg), cfg.data_path / "prompts")
+            prompts = load_prompts(cfg)
         except (ValueError, OSError) as e:
             log.error("screener: configuration not reloaded, the running one stays: %s", e)
             return False
-        if cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir:
-            log.warning("screener: [database] and data_dir changes take effect at the next restart")
+        if cfg.database != self.cfg.database or cfg.data_dir != self.cfg.data_dir or cfg.notify != self.cfg.notify:
+            log.warning("screener: [database], [notify] and data_dir changes take effect at the next restart")
         sip_changed = cfg.sip != self.cfg.sip
-        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web, sip=cfg.sip)
+        cfg = replace(self.cfg, screening=cfg.screening, web=cfg.web, sip=cfg.sip, ring_through=cfg.ring_through,
+                      retention=cfg.retention)
         self.handler.configure(cfg, prompts)
         self.cfg = cfg
         log.info("screener: configuration reloaded from %s", cfg.path)

@@ -151,3 +151,14 @@ def test_a_bad_file_keeps_the_running_configuration(service: Any) -> None:
     assert not svc.reload()
     assert not svc._apply_sip_change()
     assert svc.cfg.sip.server == "127.0.0.1" and svc.agent is RecordingAgent.made[0]
+
+
+def test_a_ring_through_change_applies_to_the_next_call_with_its_keys_in_the_announcement(service: Any) -> None:
+    svc = service(ACCOUNT)
+    assert svc.handler is not None
+    default_options = svc.handler.prompts.announcer.options
+    config_edit.edit(svc.cfg.path, {"ring_through.target": "sip:**9@fritz.box", "ring_through.talk_key": "3"})
+    assert svc.config_changed() and svc.reload()
+    assert not svc._apply_sip_change()  # no new registration for it
+    assert svc.handler.rt.target == "sip:**9@fritz.box" and svc.handler.rt.talk_key == "3"
+    assert svc.handler.prompts.announcer.options != default_options  # "press 3 to talk"
