@@ -1,8 +1,8 @@
-"""Settings: the effective configuration, secrets masked; [sip] and [screening] editable.
+"""Settings: the effective configuration, secrets masked; [sip], [screening] and [ring_through] editable.
 
 Edits go through screener.config_edit (comments kept, checked before writing, secrets write-only: an empty
-field leaves them as they are). The running service reads the file again within a second: [screening] applies
-from the next call, a [sip] change registers again.
+field leaves them as they are). The running service reads the file again within a second: [screening] and
+[ring_through] apply from the next call, a [sip] change registers again.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def effective_settings() -> list[tuple[str, object]]:
     return [(key, _mask(value)) for key, value in masked(db.config())]
 
 
-EDITABLE = tuple(k for k in config_edit.SETTINGS if k.split(".")[0] in ("sip", "screening")
+EDITABLE = tuple(k for k in config_edit.SETTINGS if k.split(".")[0] in ("sip", "screening", "ring_through")
                  and not k.startswith("screening.prompts."))  # prompts have their own page
 
 

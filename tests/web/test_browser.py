@@ -145,3 +145,36 @@ def test_dashboard_in_chromium(live_url: str, page: Any) -> None:
     page.goto(live_url + "/calls")
     expect(page).to_have_url(f"{live_url}/login?next=%2Fcalls")
     assert page.errors == []  # no CSP violation, no script error
+
+
+def test_editing_a_setting_in_chromium(live_url: str, page: Any, web_cfg: config.Config) -> None:
+    from playwright.sync_api import expect
+
+    conf = Path(web_cfg.path)
+    conf.write_text("# my own note, kept\n" + conf.read_text(encoding="utf-8"), encoding="utf-8")
+    page.goto(live_url + "/settings")
+    page.fill("input[name=login]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button.primary")
+    expect(page).to_have_url(f"{live_url}/settings")
+
+    # A bad value: named on the form, what was typed kept, nothing written.
+    page.fill("input[name='screening.challenge_digit']", "55")
+    page.fill("input[name='ring_through.target']", "sip:**9@fritz.box")
+    page.click("form.settings-form button.primary")
+    expect(page.locator("p.error")).to_contain_text("screening.challenge_digit")
+    expect(page.locator("input[name='screening.challenge_digit']")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("input[name='ring_through.target']")).to_have_value("sip:**9@fritz.box")
+    assert "ring_through" not in conf.read_text(encoding="utf-8")
+    shot(page, "settings_error_en")
+
+    # Fixed: saved into the file, the user's comment still there; the page shows the new values.
+    page.fill("input[name='screening.challenge_digit']", "7")
+    page.click("form.settings-form button.primary")
+    expect(page.locator(".flash")).to_contain_text("Saved")
+    text = conf.read_text(encoding="utf-8")
+    assert "# my own note, kept" in text and 'challenge_digit = "7"' in text and 'target = "sip:**9@fritz.box"' in text
+    assert config.load(conf).ring_through.target == "sip:**9@fritz.box"
+    expect(page.locator("input[name='screening.challenge_digit']")).to_have_value("7")
+    shot(page, "settings_saved_en")
+    assert [e for e in page.errors if "status of 400" not in e] == []  # the refused form answers 400, as it should
