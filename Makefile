@@ -35,10 +35,11 @@ system-deps:
 	  else echo "missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# two pytest workers: most tests wait on real peers and timers; each worker has its own block of ports
 test: system-deps $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 bench: system-deps $(VENV)/.test-deps
 	$(BIN)/python -m tests.bench

@@ -29,7 +29,7 @@ def _line(ports: Ports) -> str:
 def _screener(make_screener: Callable[..., Screener], ports: Ports, **ring_through: Any) -> Screener:
     sip = {"mode": ring_through.pop("mode", "parallel")}
     return make_screener(sip=sip, ring_through={"target": f"sip:household@{HOST}:{ports.kamailio}",
-                                                "timeout": 8.0, **ring_through})
+                                                "timeout": 5.0, **ring_through})
 
 
 def _passes_challenge(caller: PyPhone, ports: Ports, number: str = NUMBER) -> Call:
@@ -87,7 +87,7 @@ def test_household_hangs_up_first_and_the_caller_gets_a_bye(make_screener: Calla
 
 @pytest.mark.parametrize(("plan", "key", "reason"), [
     (Plan(after=0.3), "2", "the household sent it to voicemail"),
-    (Plan(after=None), None, "the house did not answer within 8 s"),
+    (Plan(after=None), None, "the house did not answer within 5 s"),
     (Plan(after=0.5, decline=486), None, "the house was busy (486)"),
 ], ids=["presses 2", "never answers", "busy"])
 def test_the_house_does_not_take_it_and_the_caller_leaves_a_message(
