@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, func, select, text
@@ -26,9 +26,11 @@ from sqlalchemy import event, func, select, text
 from screener import audio, health, housekeeping, store
 from screener.calllog import CallLog, Row
 from screener.config import Config
-from screener.notify import Notifier
 from screener.numbers import Caller, parse_caller
 from screener.rules import Decision, Rule, RuleSet, candidate_patterns, decide
+
+if TYPE_CHECKING:
+    from screener import notify
 
 log = logging.getLogger("screener.service")
 
@@ -720,7 +722,7 @@ class Service:
         self._sip_pending_since: float | None = None  # a [sip] change waiting for the calls in progress
         self._agent_error = ""  # why the last agent could not start (its SIP port taken)
         self._waiting_since = store.utcnow()
-        self.notifier: Notifier | None = None
+        self.notifier: notify.Notifier | None = None
         self._retention: threading.Thread | None = None
         self._retention_due = 0.0  # monotonic; retention runs at the first loop and then daily
 
@@ -781,6 +783,10 @@ class Service:
     def _start_notifier(self, interrupted: int) -> None:
         """Notifications: after a crash (the last beat was not "stopped"), then for closed calls and SIP states."""
         assert self._db is not None and self.handler is not None
+        if not self.cfg.notify.urls:
+            return  # nothing to send to: apprise and the sender thread are never loaded
+        from screener.notify import Notifier
+
         db, last = self._db, health.read_beat_file(self.cfg.data_path / health.BEAT_FILE)
         self.notifier = Notifier(self.cfg, counts=lambda a, b: housekeeping.call_counts(db, a, b)).start()
         self.handler.on_closed = self.notifier.call_closed
