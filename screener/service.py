@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import event, func, select, text
 
-from screener import audio, health, housekeeping, store
+from screener import audio, health, store
 from screener.calllog import CallLog, Row
 from screener.config import Config
 from screener.numbers import Caller, parse_caller
@@ -785,6 +785,7 @@ class Service:
         assert self._db is not None and self.handler is not None
         if not self.cfg.notify.urls:
             return  # nothing to send to: apprise and the sender thread are never loaded
+        from screener import housekeeping
         from screener.notify import Notifier
 
         db, last = self._db, health.read_beat_file(self.cfg.data_path / health.BEAT_FILE)
@@ -797,6 +798,10 @@ class Service:
         now = time.monotonic()
         if self._db is None or now < self._retention_due or (self._retention and self._retention.is_alive()):
             return
+        if not (self.cfg.retention.calls_days or self.cfg.retention.voicemail_days):
+            return  # keep for ever (the default): nothing to load, nothing to run
+        from screener import housekeeping
+
         self._retention_due = now + 86400.0
         self._retention = threading.Thread(target=housekeeping.run_retention, args=(self._db, self.cfg, self._stop),
                                            name="retention", daemon=True)
