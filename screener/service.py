@@ -570,7 +570,9 @@ class CallHandler:
         leg = call.dial(rt.target, from_user=_dialable(caller.user) or "anonymous", display=display[:60],
                         credentials=credentials)
         if leg is None:
-            if not call.ended:
+            if call.ended:  # the caller hung up before the house was rung
+                rec.outcome = self._hung_up_outcome(call) if rec.answered_at else self._ended_outcome(call)
+            else:
                 rec.note("the house could not be rung: no free media port")
             return None, 480
         result = leg.wait_answered(timeout)

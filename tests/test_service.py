@@ -403,6 +403,14 @@ def test_ring_through_table(make, name, body, entries, script, house, actions, h
         assert (entry.list, entry.source) == ("allow", "verified")
 
 
+def test_caller_gone_before_the_house_is_rung(make):
+    handler, db, _ = make(RT)
+    call = FakeCall(db=db, house=None, keys=["5"], hang_up_after_plays=3)  # challenge, passed, hold: gone
+    handler(call)
+    (row,) = rows(db)
+    assert row.outcome == "caller_hung_up" and "could not be rung" not in row.reason
+
+
 def test_ring_through_asks_the_name_and_announces_it(make):
     handler, db, cfg = make(RT + "ask_name = true\n")
     leg = FakeLeg(keys=["1"])
