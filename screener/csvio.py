@@ -95,7 +95,8 @@ def import_rows(store: StoreLike, list_: str, rows: Sequence[tuple[str, str]], *
             with store.write() as s:
                 n = bulk_put(s, list_, chunk, source=source, skipped=left_out)
         except SQLAlchemyError as e:
-            reason = str(e.orig if getattr(e, "orig", None) is not None else e).splitlines()[0]
+            orig = getattr(e, "orig", None)  # the driver's own message, where SQLAlchemy wrapped one
+            reason = (str(orig if orig is not None else e).splitlines() or [type(e).__name__])[0]
             return ImportResult(put, len(rows), batches, longest, reason[:300], tuple(skipped))
         held = clock() - began
         longest = max(longest, held)
